@@ -1,0 +1,124 @@
+"""The P7 ranker: reads K context vectors and predicts the unit vector of the next chunk.
+
+    x (B, K, D) -> Linear D->d_model + learned positions -> encoder (transformer or LSTM)
+    -> last position (B, d_model) -> head d_model->d_model->D -> q = normalize(.)
+    -> anchored p = normalize(lambda * q + (1 - lambda) * normalize(mean_k x))
+
+The anchor keeps predictions near the context's topic. lambda is a real parameter: it gets
+a gradient and the trainer projects it back into [lambda_min, lambda_max] after each step
+(the original read it with .item(), so it never learned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 768                # D, the embedding dimension of the data
+    context: int = 5              # K, context chunks per window (size of the position table)
+    architecture: str = "transformer"  # "transformer" or "lstm"
+    d_model: int = 512            # width of the encoder
+    layers: int = 4               # encoder layers
+    heads: int = 8                # attention heads (transformer only)
+    dropout: float = 0.1
+    anchor_lambda: float = 0.8    # initial (or fixed) weight of the model's own prediction q
+    learn_lambda: bool = True     # False keeps lambda fixed at anchor_lambda
+    lambda_min: float = 0.6       # learnable lambda stays inside [lambda_min, lambda_max]
+    lambda_max: float = 0.9
+
+    def __post_init__(self):
+        if self.architecture not in ("transformer", "lstm"):
+            raise ValueError(f"architecture must be 'transformer' or 'lstm', "
+                             f"not {self.architecture!r}.")
+        if self.learn_lambda and not self.lambda_min <= self.anchor_lambda <= self.lambda_max:
+            raise ValueError(f"anchor_lambda {self.anchor_lambda} lies outside its learnable "
+                             f"range [{self.lambda_min}, {self.lambda_max}]; widen the range "
+                             f"or fix lambda.")
+        if self.architecture == "transformer" and self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by heads {self.heads}.")
+
+
+class Block(nn.Module):
+    """Pre-norm transformer encoder layer that can attend from the last position only."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm_attention = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.projection = nn.Linear(width, width)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x (B, T, W) -> (B, T, W), or (B, 1, W) when last_only.
+
+        last_only: only the last position's output is needed (final layer), so its query,
+        projection and MLP are computed for that position alone; keys/values use all T.
+        """
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm_attention(x)).split(width, dim=2)
+        if last_only:
+            q, x = q[:, -1:], x[:, -1:]
+        heads = lambda t: t.reshape(batch, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
+        attended = F.scaled_dot_product_attention(  # (B, nh, T_q, hs)
+            heads(q), heads(k), heads(v), dropout_p=self.dropout if self.training else 0.0)
+        attended = attended.transpose(1, 2).reshape(batch, x.shape[1], width)
+        x = x + self.residual_dropout(self.projection(attended))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class Ranker(nn.Module):
+    """P7 directional ranker. forward(contexts (B, K, D)) -> predictions (B, D), unit norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.input = nn.Linear(config.dim, config.d_model)
+        # Learned positions (the original's were a frozen zero tensor, so order was invisible).
+        self.positions = nn.Parameter(0.02 * torch.randn(config.context, config.d_model))
+        if config.architecture == "transformer":
+            self.blocks = nn.ModuleList(Block(config.d_model, config.heads, config.dropout)
+                                        for _ in range(config.layers))
+            self.final_norm = nn.LayerNorm(config.d_model)
+        else:
+            self.lstm = nn.LSTM(config.d_model, config.d_model, config.layers, batch_first=True,
+                                dropout=config.dropout if config.layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.GELU(),
+                                  nn.Linear(config.d_model, config.dim))
+        anchor = torch.tensor(float(config.anchor_lambda))
+        if config.learn_lambda:
+            self.anchor_lambda = nn.Parameter(anchor)
+        else:
+            self.register_buffer("anchor_lambda", anchor)
+
+    def encode(self, contexts: torch.Tensor) -> torch.Tensor:
+        """contexts (B, K, D) -> last-position state (B, d_model)."""
+        x = self.input(contexts) + self.positions[: contexts.shape[1]]  # (B, K, d_model)
+        if self.config.architecture == "lstm":
+            return self.lstm(x)[0][:, -1]
+        for index, block in enumerate(self.blocks):
+            x = block(x, last_only=index == len(self.blocks) - 1)
+        return self.final_norm(x[:, -1])
+
+    def forward(self, contexts: torch.Tensor) -> torch.Tensor:
+        """contexts (B, K, D) unit rows -> anchored prediction p (B, D), unit norm."""
+        own = F.normalize(self.head(self.encode(contexts)).float(), dim=-1)  # q (B, D)
+        anchor = F.normalize(contexts.float().mean(dim=1), dim=-1)          # (B, D)
+        weight = self.anchor_lambda.float()
+        return F.normalize(weight * own + (1 - weight) * anchor, dim=-1)
+
+    @torch.no_grad()
+    def project_lambda(self) -> None:
+        """Clamp a learnable lambda back into [lambda_min, lambda_max] (projected gradient)."""
+        if isinstance(self.anchor_lambda, nn.Parameter):
+            self.anchor_lambda.clamp_(self.config.lambda_min, self.config.lambda_max)

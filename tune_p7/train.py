@@ -1,0 +1,372 @@
+"""One P7 training run, without Ray: epochs, optimizer, device, metrics, resumable state.
+
+    result = train(TrainConfig(context=5, epochs=10), load_dataset("default"), on_epoch=cb)
+
+``on_epoch(metrics, state)`` is called after every epoch with that epoch's metrics (the
+history columns below) and a state dict that ``train(..., resume_state=state)`` continues
+from exactly (model, optimizer, epoch, RNG). The Ray trainable is a thin wrapper around it.
+
+CLI: ``python -m tune_p7.train --data PATH|default|synthetic --context 5 ... --out DIR``
+writes DIR/history.parquet, DIR/baselines.json, DIR/config.json and DIR/best.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
+from tune_p7.losses import LossConfig, p7_loss
+from tune_p7.metrics import data_signals, evaluate, trivial_baselines
+from tune_p7.model import ModelConfig, Ranker
+
+EpochCallback = Callable[[dict, dict], None]
+LOSS_COMPONENTS = ("loss", "loss_rank", "loss_margin", "loss_teacher")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one run needs; flat, so a sweep can search any field by name."""
+
+    # data
+    context: int = 5              # K, context chunks per window
+    # model (see tune_p7.model.ModelConfig)
+    architecture: str = "transformer"  # "transformer" or "lstm"
+    d_model: int = 512
+    layers: int = 4
+    heads: int = 8
+    dropout: float = 0.1
+    anchor_lambda: float = 0.8    # initial lambda of p = normalize(l*q + (1-l)*anchor)
+    learn_lambda: bool = True     # False: lambda stays fixed at anchor_lambda
+    lambda_min: float = 0.6
+    lambda_max: float = 0.9
+    # loss (see tune_p7.losses.LossConfig)
+    temperature: float = 0.07
+    margin: float = 0.07
+    hard_negatives: int = 4       # H same-document negatives per window
+    gate_threshold: float = 0.03
+    gate_low_weight: float = 0.25
+    teacher_threshold: float = 0.20
+    weight_rank: float = 1.0
+    weight_margin: float = 1.0
+    weight_teacher: float = 0.2
+    warmup_epochs: int = 2
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    seed: int = 0
+    # execution
+    device: str = "auto"          # "auto" = cuda > mps > cpu, or a torch device string
+    threads: int = 0              # torch CPU threads; 0 keeps torch's default
+    bf16: bool = False            # bfloat16 autocast for the model's forward pass
+    eval_batch_size: int = 1024
+    train_eval_windows: int = 4096  # train-split margin measured on this many windows (0: all)
+    global_queries: int = 4096    # global retrieval queries per evaluation (0: all windows)
+
+    def __post_init__(self):
+        positive = ("context", "d_model", "layers", "epochs", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature}.")
+        if not 0 <= self.anchor_lambda <= 1:
+            raise ValueError(f"anchor_lambda must lie in [0, 1], not {self.anchor_lambda}.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a flat dict; unknown keys are an error (a typo must not pass silently)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def model_config(self, dim: int) -> ModelConfig:
+        names = {field.name for field in dataclasses.fields(ModelConfig)} - {"dim"}
+        return ModelConfig(dim=dim, **{name: getattr(self, name) for name in names})
+
+    def loss_config(self) -> LossConfig:
+        names = {field.name for field in dataclasses.fields(LossConfig)}
+        return LossConfig(**{name: getattr(self, name) for name in names})
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss component became NaN or inf; names the epoch and the component."""
+
+    def __init__(self, epoch: int, component: str, value: float):
+        self.epoch, self.component, self.value = epoch, component, value
+        super().__init__(f"training diverged in epoch {epoch}: {component} became {value}; "
+                         f"lower the learning rate or raise the temperature.")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]           # one metrics dict per epoch
+    model: Ranker                 # the model after the last epoch
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks cuda > mps > cpu; anything else is taken as a torch device string."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Run:
+    """The pieces of one run: device sources, model, optimizer and RNG, built from a config."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset):
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        table = device_table(dataset.vectors, self.device)
+        self.train_source = BatchSource(dataset.windows(config.context, "train"), table)
+        self.val_source = BatchSource(dataset.windows(config.context, "val"), table)
+        train_windows = self.train_source.windows
+        picked = _evenly_spaced(len(train_windows), config.train_eval_windows)
+        self.train_eval_source = BatchSource(train_windows.subset(picked), table)
+        torch.manual_seed(config.seed)
+        self.model = Ranker(config.model_config(dataset.dim)).to(self.device)
+        self.optimizer = _optimizer(self.model, config)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.loss_config = config.loss_config()
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly; loadable with torch.load(weights_only=True)."""
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "rng": rng, "history": list(self.history),
+                "config": self.config.to_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def train_epoch(self) -> dict:
+        """One pass over the training windows in a seeded order; sample-weighted loss means."""
+        config, source = self.config, self.train_source
+        self.model.train()
+        sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.device)  # + gate weight
+        order = torch.randperm(len(source), generator=self.generator).to(self.device)
+        started = time.perf_counter()
+        for batch in order.split(config.batch_size):
+            contexts, targets = source.batch(batch)
+            negatives = source.hard_negatives(batch, config.hard_negatives, self.generator)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                predictions = self.model(contexts)
+            parts = p7_loss(predictions, contexts, targets, negatives, self.epoch,
+                            self.loss_config)
+            self.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.model.project_lambda()
+            values = [value.detach() for _, value in parts.items()] + [parts.gate_weight_mean]
+            sums += torch.stack(values) * len(batch)
+        train_seconds = time.perf_counter() - started
+        means = (sums / len(source)).tolist()
+        metrics = {f"train_{name}": value for name, value in zip(LOSS_COMPONENTS, means)}
+        self._check_finite(metrics)
+        metrics["gate_weight_mean"] = means[-1]
+        metrics["sequences_per_second"] = len(source) / train_seconds
+        return metrics
+
+    def _check_finite(self, metrics: dict) -> None:
+        for name in ("train_loss_rank", "train_loss_margin", "train_loss_teacher", "train_loss"):
+            if not math.isfinite(metrics[name]):
+                raise TrainingDiverged(self.epoch + 1, name, metrics[name])
+
+    def evaluate(self) -> dict:
+        """Validation metrics (val_*) and the train-split directional metrics (train_*)."""
+        self.model.eval()
+        options = {"batch_size": self.config.eval_batch_size}
+        val = evaluate(self.model, self.val_source,
+                       global_queries=self.config.global_queries or None, **options)
+        on_train = evaluate(self.model, self.train_eval_source, directional_only=True, **options)
+        metrics = {f"val_{name}": value for name, value in val.items() if name != "windows"}
+        metrics.update({f"train_{name}": on_train[name]
+                        for name in ("margin", "cos_next", "cos_prev")})
+        return metrics
+
+    def run_epoch(self) -> dict:
+        started = time.perf_counter()
+        metrics = self.train_epoch()
+        metrics.update(self.evaluate())
+        self.epoch += 1
+        metrics.update(epoch=self.epoch, anchor_lambda=self.model.anchor_lambda.item(),
+                       seconds=time.perf_counter() - started)
+        self.history.append(metrics)
+        return metrics
+
+
+def train(config: TrainConfig, dataset: Dataset, on_epoch: EpochCallback | None = None,
+          resume_state: dict | None = None) -> TrainResult:
+    """Train ``config`` on ``dataset`` for config.epochs epochs (fewer left after a resume).
+
+    on_epoch(metrics, state) runs after every epoch; raise from it to stop early.
+    Raises TrainingDiverged on a NaN/inf loss and DataError when the data cannot give
+    windows of config.context.
+    """
+    run = Run(config, dataset)
+    if resume_state is not None:
+        run.restore(resume_state)
+    while run.epoch < config.epochs:
+        metrics = run.run_epoch()
+        if on_epoch is not None:
+            on_epoch(metrics, run.state())
+    return TrainResult(run.history, run.model, run.device)
+
+
+def _optimizer(model: Ranker, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; lambda is excluded from weight decay, which would pull it towards 0."""
+    decayed = [p for name, p in model.named_parameters() if name != "anchor_lambda"]
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}]
+    if isinstance(model.anchor_lambda, torch.nn.Parameter):
+        groups.append({"params": [model.anchor_lambda], "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _evenly_spaced(count: int, limit: int) -> np.ndarray:
+    if limit <= 0 or count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Ranker:
+    """Rebuild a Ranker from a best.pt written by the CLI (loaded with weights_only=True)."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    config = TrainConfig.from_dict(saved["config"])
+    model = Ranker(config.model_config(saved["dim"]))
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune_p7.train", description="Train one P7 configuration.")
+    parser.add_argument("--data", default="default",
+                        help="NPZ file, 'default' (shipped dataset) or 'synthetic'")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of documents held out when the file fixes no split")
+    parser.add_argument("--split-seed", type=int, default=0)
+    add_config_arguments(parser)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None):
+    """One --flag per TrainConfig field (booleans as --x/--no-x)."""
+    defaults = defaults or TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    try:
+        config = TrainConfig.from_dict(values)
+        config.model_config(1)  # validate model settings before loading anything
+        dataset = load_dataset(args.data, args.val_fraction, args.split_seed)
+        dataset.check_context(config.context)
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(
+        {**config.to_dict(), "data": str(args.data), "val_fraction": args.val_fraction,
+         "split_seed": args.split_seed}, indent=2))
+    _write_baselines(config, dataset, out)
+    best = {"val_margin": -math.inf}
+
+    def on_epoch(metrics: dict, state: dict) -> None:
+        print(_epoch_line(metrics), flush=True)
+        if metrics["val_margin"] > best["val_margin"]:
+            best["val_margin"] = metrics["val_margin"]
+            torch.save({"model": state["model"], "config": config.to_dict(),
+                        "dim": dataset.dim, "epoch": metrics["epoch"],
+                        "val_margin": metrics["val_margin"]}, out / "best.pt")
+        _write_history(state["history"], out)
+
+    try:
+        train(config, dataset, on_epoch)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}/history.parquet, baselines.json, config.json, best.pt "
+          f"(best val_margin {best['val_margin']:+.4f})")
+    return 0
+
+
+def _write_baselines(config: TrainConfig, dataset: Dataset, out: Path) -> None:
+    """baselines.json: trivial predictors on the same validation windows, plus data signals."""
+    windows = dataset.windows(config.context, "val")
+    source = BatchSource(windows, device_table(dataset.vectors, "cpu"))
+    baselines = trivial_baselines(source, global_queries=config.global_queries or None)
+    report = {name: {f"val_{key}": value for key, value in metrics.items()}
+              for name, metrics in baselines.items()}
+    report["data_signals"] = {"val": data_signals(windows),
+                              "train": data_signals(dataset.windows(config.context, "train"))}
+    (out / "baselines.json").write_text(json.dumps(report, indent=2))
+
+
+def _write_history(history: list[dict], out: Path) -> None:
+    import pandas as pd
+
+    temporary = out / "history.parquet.tmp"
+    pd.DataFrame(history).to_parquet(temporary, index=False)
+    temporary.replace(out / "history.parquet")
+
+
+def _epoch_line(metrics: dict) -> str:
+    return (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
+            f"train Δ {metrics['train_margin']:+.4f}  val Δ {metrics['val_margin']:+.4f}  "
+            f"cos_next {metrics['val_cos_next']:.4f}  cos_prev {metrics['val_cos_prev']:.4f}  "
+            f"R@5 {metrics['val_r_at_5']:.3f}  λ {metrics['anchor_lambda']:.3f}  "
+            f"gate {metrics['gate_weight_mean']:.3f}  {metrics['sequences_per_second']:.0f} seq/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""tune_p7.results: Ray trial folders -> DataFrames, statuses, verdicts, flags, helpers.
+
+The reader tests build a small folder in Ray's layout with real files (params.json,
+result.json lines with Ray's own fields, error.txt, experiment_state-*.json); the
+end-to-end tests on a folder written by the real sweep live in tests/test_analyze.py.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune_p7 import results
+
+HISTORY_METRICS = (
+    "train_loss", "train_loss_rank", "train_loss_margin", "train_loss_teacher", "train_margin",
+    "train_cos_next", "train_cos_prev", "val_cos_next", "val_cos_prev", "val_margin",
+    "val_cos_anchor", "val_r_at_1", "val_r_at_5", "val_r_at_10", "val_mrr_at_10",
+    "val_global_r_at_1", "val_global_r_at_5", "val_global_r_at_10", "val_global_mrr_at_10",
+    "anchor_lambda", "gate_weight_mean", "seconds", "sequences_per_second")
+
+
+def epoch_metrics(epoch: int, **values) -> dict:
+    """A full history row (every train metric) with plausible defaults, overridable."""
+    row = dict.fromkeys(HISTORY_METRICS, 0.1)
+    row.update(epoch=epoch, val_cos_next=0.5, val_cos_prev=0.6, val_margin=-0.1,
+               val_cos_anchor=0.7, anchor_lambda=0.8, gate_weight_mean=0.6, seconds=2.0,
+               val_r_at_5=0.5)
+    row.update(values)
+    return row
+
+
+def ray_line(trial_id: str, config: dict, metrics: dict) -> str:
+    """One result.json line as Ray writes it: the metrics plus Ray's own fields."""
+    return json.dumps({**metrics, "timestamp": 1795828674, "checkpoint_dir_name": None,
+                       "done": False, "training_iteration": metrics["epoch"],
+                       "trial_id": trial_id, "date": "2026-11-28_01-17-54",
+                       "time_this_iter_s": 2.0, "time_total_s": 2.0 * metrics["epoch"],
+                       "pid": 1, "hostname": "vm", "node_ip": "192.0.2.2", "config": config,
+                       "time_since_restore": 2.0, "iterations_since_restore": 1})
+
+
+def add_trial(experiment_dir: Path, index: int, epochs: list[dict], *, planned: int = 3,
+              phase: str = "optuna", cell: str = "", error: str | None = None,
+              extra_lines: tuple[str, ...] = (), **config) -> str:
+    """Write one trial folder the way Ray does; returns its folder name."""
+    trial_id = f"abcde_{index:05d}"
+    name = f"trainable_{trial_id}_{index}_margin={config.get('margin', 0.07)}_2026-11-28_01-17-50"
+    folder = experiment_dir / name
+    folder.mkdir(parents=True)
+    params = {"context": 5, "margin": 0.07, "temperature": 0.07, "anchor_lambda": 0.8,
+              "epochs": planned, "warmup_epochs": 1, "phase": phase, "cell": cell, **config}
+    (folder / "params.json").write_text(json.dumps(params, indent=2))
+    lines = [ray_line(trial_id, params, metrics) for metrics in epochs] + list(extra_lines)
+    if lines:
+        (folder / "result.json").write_text("\n".join(lines) + "\n")
+    if error is not None:
+        (folder / "error.txt").write_text(error)
+    return name
+
+
+def write_ray_state(experiment_dir: Path, statuses: dict[str, str]) -> None:
+    """experiment_state-*.json as Ray writes it: trial_data = [[trial json, runtime json]]."""
+    trial_data = [[json.dumps({"trial_id": name, "status": status, "relative_logdir": name}),
+                   json.dumps({"num_failures": 0})] for name, status in statuses.items()]
+    (experiment_dir / "experiment_state-2026-11-28_01-17-50.json").write_text(
+        json.dumps({"trial_data": trial_data, "runner_data": {}, "stats": {}}))
+
+
+RAY_ERROR = """Failure # 1 (occurred at 2026-11-28_01-17-53)
+\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=4474, ip=192.0.2.2, repr=trainable)
+  File "/work/main/tune_p7/train.py", line 170, in _check_finite
+    raise TrainingDiverged(self.epoch + 1, name, metrics[name])
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+tune_p7.train.TrainingDiverged: training diverged in epoch 2: train_loss became nan; lower the learning rate or raise the temperature.
+"""
+
+
+@pytest.fixture
+def fake_sweep(tmp_path) -> Path:
+    """A sweep folder with one trial of every kind, in Ray's layout; state "running"."""
+    sweep = tmp_path / "demo"
+    experiment = sweep / "ray" / "baseline"
+    (sweep / "ray").mkdir(parents=True)
+    complete = add_trial(experiment, 0, [epoch_metrics(1, val_margin=-0.2),
+                                         epoch_metrics(2, val_margin=0.05, anchor_lambda=0.75),
+                                         epoch_metrics(3, val_margin=0.01, anchor_lambda=0.7)],
+                         phase="baseline", cell="baseline")
+    stopped = add_trial(experiment, 1, [epoch_metrics(1)], margin=0.2)
+    failed = add_trial(experiment, 2, [epoch_metrics(1)], margin=0.3, error=RAY_ERROR)
+    running = add_trial(experiment, 3, [epoch_metrics(1), epoch_metrics(2)], margin=0.4,
+                        extra_lines=('{"val_margin": 0.3, "epo',))
+    pending = add_trial(experiment, 4, [], margin=0.5)
+    # resumed from the epoch-1 checkpoint: epoch 2 reported twice, the second one counts
+    add_trial(experiment, 5, [epoch_metrics(1), epoch_metrics(2, val_margin=0.9),
+                              epoch_metrics(2, val_margin=0.02), epoch_metrics(3)], margin=0.6)
+    write_ray_state(experiment, {complete: "TERMINATED", stopped: "TERMINATED",
+                                 failed: "ERROR", running: "RUNNING", pending: "PENDING"})
+    (sweep / "sweep.json").write_text(json.dumps({"state": "running"}))
+    return sweep
+
+
+def by_margin(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials.set_index("margin")
+
+
+def test_tables_have_one_row_per_trial_and_per_epoch(fake_sweep):
+    trials, history = results.collect_tables(fake_sweep)
+    assert len(trials) == 6
+    assert len(history) == 3 + 1 + 1 + 2 + 0 + 3
+    assert list(trials.columns[:5]) == ["trial_id", "experiment", "phase", "cell", "trial_dir"]
+    assert list(history.columns[:5]) == ["trial_id", "experiment", "phase", "cell", "epoch"]
+    for column in ("status", "error", "epochs_run", "stopped_early", "val_margin",
+                   "best_val_margin", "best_epoch", "final_anchor_lambda", "seconds",
+                   "context", "margin", "temperature", "anchor_lambda", "val_r_at_5"):
+        assert column in trials.columns, column
+    assert set(HISTORY_METRICS) <= set(history.columns)
+    assert not (set(results.RAY_FIELDS) - {"trial_id"}) & set(history.columns)
+    assert set(trials.trial_id) == {f"abcde_{i:05d}" for i in range(6)}
+    assert (trials.experiment == "baseline").all()
+
+
+def test_statuses_follow_ray_state_and_files(fake_sweep):
+    trials = by_margin(results.collect_tables(fake_sweep)[0])
+    assert trials.loc[0.07, "status"] == "complete"
+    assert trials.loc[0.2, "status"] == "stopped_early" and trials.loc[0.2, "stopped_early"]
+    assert trials.loc[0.3, "status"] == "error"
+    assert trials.loc[0.4, "status"] == "running"
+    assert trials.loc[0.5, "status"] == "pending"
+    assert trials.loc[0.6, "status"] == "complete"
+    assert trials.loc[0.3, "error"] == (
+        "tune_p7.train.TrainingDiverged: training diverged in epoch 2: train_loss became nan; "
+        "lower the learning rate or raise the temperature.")
+    assert trials.loc[0.07, "error"] == ""
+
+
+def test_a_sweep_that_ended_leaves_unfinished_trials_interrupted(fake_sweep):
+    # Ctrl-C: Ray's fit() returns, its state still says RUNNING/PENDING, the sweep says done
+    (fake_sweep / "sweep.json").write_text(json.dumps({"state": "done"}))
+    trials = by_margin(results.collect_tables(fake_sweep)[0])
+    assert trials.loc[0.4, "status"] == trials.loc[0.5, "status"] == "interrupted"
+    assert trials.loc[0.2, "status"] == "stopped_early"
+    assert trials.loc[0.3, "status"] == "error"
+    assert trials.loc[0.07, "status"] == "complete"
+
+
+def test_a_killed_sweep_process_reads_as_interrupted(fake_sweep):
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (fake_sweep / "sweep.json").write_text(json.dumps(
+        {"state": "running", "host": socket.gethostname(), "pid": gone.pid}))
+    assert not results.sweep_is_running(fake_sweep)
+    trials = by_margin(results.collect_tables(fake_sweep)[0])
+    assert trials.loc[0.4, "status"] == "interrupted"
+
+
+def test_without_ray_state_an_error_file_means_error(fake_sweep):
+    for snapshot in fake_sweep.glob("ray/*/experiment_state-*.json"):
+        snapshot.unlink()
+    trials = by_margin(results.collect_tables(fake_sweep)[0])
+    assert trials.loc[0.3, "status"] == "error"
+    assert trials.loc[0.2, "status"] == trials.loc[0.4, "status"] == "running"
+
+
+def test_summary_columns_are_recomputable_from_history(fake_sweep):
+    trials, history = results.collect_tables(fake_sweep)
+    for _, trial in trials[trials.epochs_run > 0].iterrows():
+        epochs = history[history.trial_id == trial.trial_id].sort_values("epoch")
+        assert trial.epochs_run == len(epochs) == epochs.epoch.max()
+        assert trial.val_margin == epochs.val_margin.iloc[-1]
+        assert trial.best_val_margin == epochs.val_margin.max()
+        assert trial.best_epoch == epochs.epoch[epochs.val_margin.idxmax()]
+        assert trial.final_anchor_lambda == epochs.anchor_lambda.iloc[-1]
+        assert trial.seconds == pytest.approx(epochs.seconds.sum())
+    complete = by_margin(trials).loc[0.07]
+    assert (complete.best_val_margin, complete.best_epoch) == (0.05, 2)
+    assert (complete.anchor_lambda, complete.final_anchor_lambda) == (0.8, 0.7)
+    resumed = history[history.trial_id == "abcde_00005"]
+    assert list(resumed.epoch) == [1, 2, 3] and resumed.val_margin.iloc[1] == 0.02
+    assert math.isnan(by_margin(trials).loc[0.5, "best_val_margin"])
+
+
+def test_write_tables_writes_parquet_that_reads_back(fake_sweep):
+    trials, history = results.write_tables(fake_sweep)
+    pd.testing.assert_frame_equal(pd.read_parquet(fake_sweep / "trials.parquet"), trials)
+    pd.testing.assert_frame_equal(pd.read_parquet(fake_sweep / "history.parquet"), history)
+    assert not list(fake_sweep.glob(".*.tmp"))
+
+
+def test_empty_sweep_gives_empty_tables(tmp_path):
+    (tmp_path / "ray" / "baseline").mkdir(parents=True)
+    trials, history = results.write_tables(tmp_path)
+    assert trials.empty and "trial_id" in trials.columns
+    assert history.empty and "epoch" in history.columns
+
+
+def test_a_folder_without_ray_results_is_not_a_sweep(tmp_path):
+    with pytest.raises(results.NotASweep, match="not a sweep folder"):
+        results.collect_tables(tmp_path)

@@ -151,18 +151,16 @@ def load_dataset(source: str | Path, val_fraction: float = 0.2, split_seed: int 
         raise DataError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive).")
     if str(source) == "synthetic":
         vectors, offsets = make_synthetic()
-        return _chunk_dataset(vectors, offsets, None, "synthetic", {"corpus": "synthetic"},
-                              val_fraction, split_seed)
+        return chunk_dataset(vectors, offsets, name="synthetic", val_fraction=val_fraction,
+                             split_seed=split_seed, metadata={"corpus": "synthetic"})
     path = DEFAULT_DATASET if str(source) == "default" else Path(source)
     arrays = _read_npz(path)
     name = path.name
     metadata = _metadata(arrays, name)
     if "vectors" in arrays:
-        vectors = _check_vectors(arrays["vectors"], name, "vectors", rank=2)
-        offsets = _offsets(arrays, len(vectors), name)
         val_docs = arrays.get("val_doc_mask") if keep_file_split else None
-        return _chunk_dataset(vectors, offsets, val_docs, name, metadata, val_fraction,
-                              split_seed)
+        return chunk_dataset(arrays["vectors"], arrays.get("offsets"), arrays.get("doc_ids"),
+                             name, val_fraction, split_seed, val_docs, metadata)
     for context_key, target_key in WINDOW_KEYS:
         if context_key in arrays:
             return _window_dataset(arrays, context_key, target_key, name, metadata,
@@ -176,6 +174,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise DataError(f"{path}: file not found; pass an existing .npz file, 'default' or "
                         f"'synthetic' to --data.")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # every NPZ is a zip archive
+            raise DataError(f"{path}: not an NPZ archive; save the arrays with numpy.savez "
+                            f"(a single .npy or text file is not enough).")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
@@ -248,7 +250,20 @@ def _offsets(arrays: dict, num_rows: int, name: str) -> np.ndarray:
     return np.concatenate([starts, [num_rows]]).astype(np.int64)
 
 
-def _chunk_dataset(vectors, offsets, val_docs, name, metadata, val_fraction, split_seed):
+def chunk_dataset(vectors: np.ndarray, offsets: np.ndarray | None = None,
+                  doc_ids: np.ndarray | None = None, name: str = "arrays",
+                  val_fraction: float = 0.2, split_seed: int = 0,
+                  val_docs: np.ndarray | None = None, metadata: dict | None = None) -> Dataset:
+    """A validated chunk-level Dataset from in-memory arrays.
+
+    vectors (M, D) float16/float32; document boundaries as offsets (n_docs + 1,) or grouped
+    doc_ids (M,); val_docs (n_docs,) bool fixes the validation documents, else a seeded
+    split of val_fraction of the documents.
+    """
+    vectors = _check_vectors(vectors, name, "vectors", rank=2)
+    boundaries = {key: value for key, value in (("offsets", offsets), ("doc_ids", doc_ids))
+                  if value is not None}
+    offsets = _offsets(boundaries, len(vectors), name)
     num_docs = len(offsets) - 1
     if val_docs is not None:
         val_docs = np.asarray(val_docs)
@@ -257,7 +272,7 @@ def _chunk_dataset(vectors, offsets, val_docs, name, metadata, val_fraction, spl
                             f"document ({num_docs}); fix it or drop the key.")
     else:
         val_docs = split_documents(num_docs, val_fraction, split_seed, name)
-    return Dataset(vectors, offsets, val_docs, None, True, name, metadata)
+    return Dataset(vectors, offsets, val_docs, None, True, name, metadata or {})
 
 
 def split_documents(num_docs: int, val_fraction: float, seed: int, name: str) -> np.ndarray:

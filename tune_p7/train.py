@@ -13,6 +13,7 @@ writes DIR/history.parquet, DIR/baselines.json, DIR/config.json and DIR/best.pt.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -161,9 +162,11 @@ class Run:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "rng": rng, "history": list(self.history),
-                "config": self.config.to_dict()}
+        # Deep copies: the live state dicts alias tensors that the next epoch changes.
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "rng": rng, "history": self.history,
+            "config": self.config.to_dict()})
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -1,0 +1,99 @@
+"""One training run: learning, λ, honest train Δ, seeds, resume, divergence, the CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tune_p7.data import BatchSource, device_table, load_dataset
+from tune_p7.metrics import copy_last, context_mean, evaluate
+from tune_p7.train import TrainConfig, TrainingDiverged, load_model, main, train
+
+TINY = dict(d_model=32, layers=2, heads=4, threads=1, eval_batch_size=512)
+
+
+def test_the_model_learns_the_planted_direction_beyond_trivial_predictors():
+    dataset = load_dataset("synthetic")
+    config = TrainConfig(epochs=4, lr=2e-3, d_model=64, layers=2, heads=4, threads=2)
+    history = train(config, dataset).history
+    source = BatchSource(dataset.windows(5, "val"), device_table(dataset.vectors, "cpu"))
+    copy_margin = evaluate(copy_last, source)["margin"]
+    mean_margin = evaluate(context_mean, source)["margin"]
+    final = history[-1]["val_margin"]
+    assert final > history[0]["val_margin"] + 0.05
+    assert final > copy_margin + 0.08 and final > mean_margin + 0.2
+    assert history[-1]["val_cos_next"] > history[0]["val_cos_next"]
+
+
+def test_lambda_moves_in_training_and_a_fixed_lambda_does_not(small_synthetic):
+    learned = train(TrainConfig(epochs=2, **TINY), small_synthetic).history
+    assert learned[-1]["anchor_lambda"] != pytest.approx(0.8, abs=1e-4)
+    fixed = train(TrainConfig(epochs=2, learn_lambda=False, **TINY), small_synthetic).history
+    assert all(row["anchor_lambda"] == pytest.approx(0.8) for row in fixed)
+
+
+def test_train_margin_is_cos_next_minus_cos_prev_not_the_hinge(small_synthetic):
+    config = TrainConfig(epochs=1, train_eval_windows=0, **TINY)
+    result = train(config, small_synthetic)
+    row = result.history[0]
+    source = BatchSource(small_synthetic.windows(5, "train"),
+                         device_table(small_synthetic.vectors, "cpu"))
+    recomputed = evaluate(result.model.eval(), source, directional_only=True)
+    assert row["train_margin"] == pytest.approx(recomputed["margin"], abs=1e-6)
+    assert row["train_margin"] == pytest.approx(row["train_cos_next"] - row["train_cos_prev"])
+    assert row["train_margin"] != pytest.approx(row["train_loss_margin"], abs=1e-3)
+
+
+def test_gate_weight_is_not_stuck_at_the_low_weight(small_synthetic):
+    row = train(TrainConfig(epochs=1, **TINY), small_synthetic).history[0]
+    assert 0.25 < row["gate_weight_mean"] < 1.0
+
+
+def test_same_seed_same_run_and_resume_continues_exactly(small_synthetic):
+    config = TrainConfig(epochs=2, **TINY)
+    states = []
+    straight = train(config, small_synthetic, on_epoch=lambda m, s: states.append(s)).history
+    again = train(config, small_synthetic).history
+    resumed = train(config, small_synthetic, resume_state=states[0]).history
+    strip = lambda rows: [{k: v for k, v in r.items()  # noqa: E731
+                           if k not in ("seconds", "sequences_per_second")} for r in rows]
+    assert strip(again) == strip(straight)
+    assert strip(resumed) == strip(straight)
+
+
+def test_a_nan_loss_stops_the_run_naming_epoch_and_component(small_synthetic):
+    config = TrainConfig(epochs=3, temperature=1e-40, **TINY)
+    with pytest.raises(TrainingDiverged, match="epoch 1: train_loss_rank became nan"):
+        train(config, small_synthetic)
+
+
+def test_cli_round_trip_writes_history_baselines_config_and_a_reloadable_best(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--data", "synthetic", "--out", str(out), "--epochs", "2", "--context", "7",
+                 "--d-model", "32", "--layers", "1", "--heads", "2", "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("epoch ") == 2 and "val Δ" in printed
+    history = pd.read_parquet(out / "history.parquet")
+    required = ["epoch", "train_loss", "train_loss_rank", "train_loss_margin",
+                "train_loss_teacher", "train_margin", "val_cos_next", "val_cos_prev",
+                "val_margin", "val_cos_anchor", "val_r_at_1", "val_r_at_5", "val_mrr_at_10",
+                "anchor_lambda", "gate_weight_mean", "seconds", "sequences_per_second"]
+    assert set(required) <= set(history.columns) and list(history["epoch"]) == [1, 2]
+    baselines = json.loads((out / "baselines.json").read_text())
+    assert {"copy_last", "context_mean", "orth_mean"} <= set(baselines)
+    assert baselines["copy_last"]["val_cos_prev"] == pytest.approx(1.0)
+    assert json.loads((out / "config.json").read_text())["context"] == 7
+    saved = torch.load(out / "best.pt", weights_only=True)
+    assert saved["val_margin"] == pytest.approx(history["val_margin"].max())
+    model = load_model(out / "best.pt")
+    contexts = torch.nn.functional.normalize(torch.randn(3, 7, 32), dim=-1)
+    assert model(contexts).shape == (3, 32)
+
+
+def test_bad_settings_exit_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--data", "synthetic", "--out", str(out), "--anchor-lambda", "0.95"]) == 2
+    assert "outside its learnable range" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,54 @@
+"""`python -m tune_p7.data inspect`: numbers on a crafted dataset equal hand-computed values."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tune_p7.data import load_dataset
+from tune_p7.inspection import inspect_dataset, main
+
+
+def circle_file(tmp_path, documents=4, length=12, step=0.2):
+    """Documents that walk a great circle in their own plane, `step` radians per chunk."""
+    rows = []
+    for doc in range(documents):
+        angles = step * np.arange(length)
+        plane = np.zeros((length, 2 * documents + 2), np.float32)
+        plane[:, 2 * doc], plane[:, 2 * doc + 1] = np.cos(angles), np.sin(angles)
+        rows.append(plane)
+    vectors = np.concatenate(rows)
+    vectors[5] = vectors[4]  # one exact duplicate row
+    path = tmp_path / "circle.npz"
+    np.savez(path, vectors=vectors, offsets=np.arange(documents + 1) * length)
+    return path
+
+
+def test_report_numbers_equal_hand_computed_values(tmp_path):
+    dataset = load_dataset(circle_file(tmp_path), val_fraction=0.25)
+    report = inspect_dataset(dataset, contexts=(5,))
+    assert (report["documents"], report["chunks"], report["validation_documents"]) == (4, 48, 1)
+    assert report["duplicate_rows"] == 1 and report["zero_rows"] == 0
+    val_curve = report["lag_cosine"]["val"]
+    assert val_curve[:3] == pytest.approx(np.cos(0.2 * np.arange(1, 4)), abs=1e-5)
+    part = report["contexts"]["5"]
+    assert part["windows"] == {"train": 3 * 7, "val": 7}
+    assert part["signals"]["val"]["recency"] == pytest.approx(np.cos(0.2) - np.cos(1.0), abs=1e-5)
+    assert part["baselines"]["copy_last"]["margin"] == pytest.approx(np.cos(0.2) - 1, abs=1e-5)
+    assert part["parity"]["coherence"] == pytest.approx(
+        part["signals"]["val"]["coherence"] - part["signals"]["train"]["coherence"])
+
+
+def test_context_too_large_is_reported_not_fatal(tmp_path):
+    report = inspect_dataset(load_dataset(circle_file(tmp_path)), contexts=(5, 12))
+    assert "error" in report["contexts"]["12"] and "windows" in report["contexts"]["5"]
+
+
+def test_cli_json_and_exit_code_2_for_a_bad_file(tmp_path, capsys):
+    assert main(["inspect", str(circle_file(tmp_path)), "--format", "json", "--context", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["contexts"]["3"]["windows"]["val"] > 0
+    missing = subprocess.run([sys.executable, "-m", "tune_p7.data", "inspect",
+                              str(tmp_path / "none.npz")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "file not found" in missing.stderr

@@ -1,13 +1,14 @@
 """Sweep folder -> DataFrames: trials (one row per trial) and history (one row per trial, epoch).
 
-    trials, history = collect_tables("results/NAME")   # straight from Ray's trial files
-    trials, history = write_tables("results/NAME")     # same, and writes the two parquet files
+    sweep = load_sweep("results/NAME")                 # .trials, .history, .baselines, ...
+    sweep.leaderboard("val_cos_next", top=10)          # DataFrames all the way
+    trials, history = write_tables("results/NAME")     # what the sweep calls at its end
 
 The folder layout is the contract in docs/sweep-folder.md. Tables are built from Ray's
 per-trial files (params.json, result.json, error.txt), so they can be read while a sweep
 runs, after it was interrupted, and when trials failed. Column names are the training
 history's names (tune_p7.train), so a sweep and a single ``python -m tune_p7.train`` run
-are analysed the same way.
+are analysed the same way. Verdicts and flags (tune_p7.verdicts) are columns of trials.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import math
 import os
 import re
 import socket
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from tune_p7.train import TrainConfig
+from tune_p7.verdicts import Criteria, annotate
 
 KEYS = ("trial_id", "experiment", "phase", "cell")
 STATUSES = ("complete", "stopped_early", "error", "running", "pending", "interrupted")
@@ -48,7 +51,8 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials: one row per trial: KEYS, trial_dir (relative to sweep_dir), every params.json
         key (TrainConfig fields under their own names), status (see trial_status), error,
         epochs_run, stopped_early, best_val_margin, best_epoch, the last epoch's metrics
-        (anchor_lambda as final_anchor_lambda), seconds (sum of epoch seconds).
+        (anchor_lambda as final_anchor_lambda), seconds (sum of epoch seconds), then the
+        verdict and flag columns of tune_p7.verdicts with the default Criteria.
     history: one row per trial and epoch: KEYS, epoch, every metric of the training history.
     """
     sweep_dir = Path(sweep_dir)
@@ -66,7 +70,9 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             row["trial_dir"] = str(trial_dir.relative_to(sweep_dir))
             rows.append(row)
             histories.append(history)
-    return _trials_frame(rows), _history_frame(histories)
+    history = _history_frame(histories)
+    trials = annotate(_trials_frame(rows), history, read_table(sweep_dir, "baselines"))
+    return trials, history
 
 
 def write_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -160,10 +166,10 @@ def trial_status(epochs_run: int, epochs: int, failed: bool, ray_status: str | N
 def sweep_is_running(sweep_dir: Path) -> bool:
     """Whether the sweep process still runs, from sweep.json's "state", "host" and "pid".
 
-    "state" is "running" while a Tuner run is in progress and "done" once it returned or
-    raised. A "running" sweep whose recorded process is gone from this host (killed without
-    a chance to write "done") counts as not running. No state recorded counts as running,
-    so unfinished trials then read as running, never as silently finished.
+    "state" is "running" while a Tuner run is in progress ("planned", "finished" or
+    "interrupted" otherwise). A "running" sweep whose recorded process is gone from this
+    host (killed without a chance to write its state) counts as not running. No state
+    recorded counts as running, so unfinished trials never read as silently ended.
     """
     path = Path(sweep_dir) / "sweep.json"
     try:
@@ -253,3 +259,196 @@ def _history_frame(histories: list[pd.DataFrame]) -> pd.DataFrame:
     if not non_empty:
         return pd.DataFrame(columns=[*KEYS, "epoch"])
     return pd.concat(non_empty, ignore_index=True)
+
+
+def read_table(sweep_dir: str | Path, name: str) -> pd.DataFrame:
+    """sweep_dir/<name>.parquet (baselines, data_signals, ...), or an empty DataFrame."""
+    path = Path(sweep_dir) / f"{name}.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------------------------
+# The Python API: a loaded sweep and helpers that return DataFrames
+
+CONFIG_FIELDS = tuple(field.name for field in fields(TrainConfig))
+COMPARED = ("val_margin", "val_cos_next", "val_cos_prev", "val_cos_anchor", "val_r_at_5",
+            "val_mrr_at_10", "val_global_r_at_5")
+DEFAULT_PARAMETERS = ("context", "margin", "temperature", "anchor_lambda")
+
+
+@dataclass
+class Sweep:
+    """A loaded sweep folder. Every attribute is a plain DataFrame or dict."""
+
+    path: Path
+    trials: pd.DataFrame         # one row per trial, with verdict and flag columns
+    history: pd.DataFrame        # one row per trial and epoch
+    baselines: pd.DataFrame      # trivial predictors: one row per (context, predictor)
+    data_signals: pd.DataFrame   # one row per (context, split)
+    plan: dict                   # sweep.json ({} when absent)
+    source: str                  # "ray" (read from Ray's files now) or "parquet"
+
+    def leaderboard(self, sort: str = "val_margin", top: int | None = None) -> pd.DataFrame:
+        return leaderboard(self.trials, sort, top)
+
+    def comparison(self) -> pd.DataFrame:
+        return comparison(self.trials, self.baselines)
+
+    def best_trial(self, metric: str = "val_margin") -> pd.Series:
+        return best_trial(self.trials, metric)
+
+    def best_config(self, metric: str = "val_margin") -> dict:
+        return best_config(self.trials, metric)
+
+    def parameters(self) -> list[str]:
+        return searched_parameters(self.plan, self.trials)
+
+    def parameter_summary(self, metric: str = "val_margin", bins: int = 4) -> pd.DataFrame:
+        return parameter_summary(self.trials, self.parameters(), metric, bins)
+
+
+def load_sweep(path: str | Path, criteria: Criteria = Criteria()) -> Sweep:
+    """Load a sweep folder: the parquet tables when they are up to date, else Ray's files.
+
+    Works on a running, interrupted or failed sweep. Verdicts and flags are recomputed
+    with ``criteria``. Raises NotASweep (one sentence) for a path that is not a sweep.
+    """
+    sweep_dir = Path(path)
+    has_ray, has_tables = (sweep_dir / "ray").is_dir(), (sweep_dir / "trials.parquet").exists()
+    if not (has_ray or has_tables):
+        raise NotASweep(f"{sweep_dir} is not a sweep folder (no ray/ results and no "
+                        f"trials.parquet); pass a folder that python -m tune_p7.sweep wrote.")
+    if has_tables and (not has_ray or tables_are_fresh(sweep_dir)):
+        trials, history = read_table(sweep_dir, "trials"), read_table(sweep_dir, "history")
+        source = "parquet"
+    else:
+        trials, history = collect_tables(sweep_dir)
+        source = "ray"
+    baselines = read_table(sweep_dir, "baselines")
+    plan_path = sweep_dir / "sweep.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else {}
+    return Sweep(sweep_dir, annotate(trials, history, baselines, criteria), history, baselines,
+                 read_table(sweep_dir, "data_signals"), plan, source)
+
+
+def tables_are_fresh(sweep_dir: Path) -> bool:
+    """trials.parquet and history.parquet are newer than every Ray file and sweep.json, and
+    the sweep is not running (a running sweep changes them with every epoch)."""
+    tables = [sweep_dir / "trials.parquet", sweep_dir / "history.parquet"]
+    if not all(path.exists() for path in tables) or sweep_is_running(sweep_dir):
+        return False
+    written = min(path.stat().st_mtime for path in tables)
+    sources = [sweep_dir / "sweep.json", *sweep_dir.glob("ray/*/experiment_state-*.json")]
+    for trial_dir in sweep_dir.glob("ray/*/*/"):
+        sources += [trial_dir / name for name in ("params.json", "result.json", "error.txt")]
+    return all(path.stat().st_mtime <= written for path in sources if path.exists())
+
+
+def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
+                top: int | None = None) -> pd.DataFrame:
+    """trials ranked by column ``sort`` (best first: descending, ascending for losses,
+    cos_prev and seconds), failed trials and trials without the metric last; adds "rank"."""
+    if sort not in trials.columns:
+        raise ValueError(f"cannot sort by {sort!r}: the trials table has no such column; "
+                         f"use one of {', '.join(_metric_columns(trials))}.")
+    ascending = lower_is_better(sort)
+    failed = trials["status"].eq("error") if "status" in trials else False
+    ranked = (trials.assign(_failed=failed)
+              .sort_values(["_failed", sort], ascending=[True, ascending],
+                           na_position="last", kind="stable")
+              .drop(columns="_failed"))
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    return ranked.head(top) if top else ranked
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or metric.endswith("cos_prev") or metric in ("seconds", "best_epoch")
+
+
+def _metric_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if c.startswith(("val_", "train_", "best_"))]
+
+
+def best_trial(trials: pd.DataFrame, metric: str = "val_margin") -> pd.Series:
+    """The top trial by ``metric`` among those that reported an epoch and did not fail,
+    leaving out confirm re-runs (they judge noise, see tune_p7.confirm)."""
+    candidates = trials[(trials["epochs_run"] > 0) & (trials["status"] != "error")
+                        & (trials["phase"] != "confirm")]
+    if candidates.empty or candidates[metric].isna().all():
+        raise ValueError(f"no trial has a {metric} yet; wait for the first epoch or check "
+                         f"the errors in trials.error.")
+    return leaderboard(candidates, metric).iloc[0]
+
+
+def best_config(trials: pd.DataFrame, metric: str = "val_margin") -> dict:
+    """The best trial's TrainConfig fields as plain Python values (TrainConfig.from_dict-able)."""
+    trial = best_trial(trials, metric)
+    return {name: _plain(trial[name], type(getattr(TrainConfig(), name)))
+            for name in CONFIG_FIELDS if name in trial.index}
+
+
+def _plain(value, kind: type):
+    """A pandas/numpy scalar as the TrainConfig field's Python type."""
+    return kind(value.item() if hasattr(value, "item") else value)
+
+
+def comparison(trials: pd.DataFrame, baselines: pd.DataFrame,
+               metrics: tuple[str, ...] = COMPARED) -> pd.DataFrame:
+    """Differences (trial minus reference) of every trial with the baseline cells and with
+    the trivial predictors on the trial's context; one row per (trial, reference).
+
+    Columns: KEYS, context, reference, reference_kind ("cell" or "predictor"), and
+    <metric>_diff for each metric; positive means the trial is higher.
+    """
+    metrics = [m for m in metrics if m in trials.columns]
+    reported = trials[trials["epochs_run"] > 0]
+    left = reported[[*KEYS, "context", *metrics]]
+    cells = trials[(trials["phase"] == "baseline") & (trials["epochs_run"] > 0)]
+    references = [left.merge(cells[["cell", *metrics]].rename(columns={"cell": "reference"}),
+                             how="cross", suffixes=("", "_reference"))
+                  .assign(reference_kind="cell")]
+    if not baselines.empty:
+        predictors = baselines[["context", "predictor", *metrics]].rename(
+            columns={"predictor": "reference"})
+        references.append(left.merge(predictors, on="context", suffixes=("", "_reference"))
+                          .assign(reference_kind="predictor"))
+    frame = pd.concat(references, ignore_index=True)
+    for metric in metrics:
+        frame[f"{metric}_diff"] = frame[metric] - frame.pop(f"{metric}_reference")
+    return frame.drop(columns=metrics)[[*KEYS, "context", "reference", "reference_kind",
+                                        *[f"{m}_diff" for m in metrics]]]
+
+
+def searched_parameters(plan: dict, trials: pd.DataFrame) -> list[str]:
+    """The hyperparameters the sweep varied: the Optuna ranges of sweep.json plus the fields
+    in which the baseline cells differ; without a plan, the usual P7 ones present in trials."""
+    cells = plan.get("cells", [])
+    varied = {name for name in CONFIG_FIELDS if len({str(c.get(name)) for c in cells}) > 1}
+    names = list(plan.get("optuna", {}).get("params", {})) + sorted(varied)
+    if not names:
+        names = list(DEFAULT_PARAMETERS)
+    return [name for name in dict.fromkeys(names) if name in trials.columns]
+
+
+def parameter_summary(trials: pd.DataFrame, parameters: list[str], metric: str = "val_margin",
+                      bins: int = 4) -> pd.DataFrame:
+    """Per hyperparameter and value range: trials and mean/min/max of ``metric``.
+
+    Parameters with at most ``bins`` distinct values are grouped by value, others by
+    quantile bins. Only trials that reported an epoch and did not fail count.
+    Columns: parameter, low, high, trials, <metric>_mean, <metric>_min, <metric>_max.
+    """
+    usable = trials[(trials["epochs_run"] > 0) & (trials["status"] != "error")]
+    rows = []
+    for name in parameters:
+        values = pd.to_numeric(usable[name], errors="coerce")
+        groups = (values if values.nunique() <= bins
+                  else pd.qcut(values, bins, duplicates="drop"))
+        for _, members in usable.groupby(groups, observed=True, sort=True):
+            chosen = members[metric]
+            rows.append({"parameter": name, "low": float(members[name].min()),
+                         "high": float(members[name].max()), "trials": len(members),
+                         f"{metric}_mean": chosen.mean(), f"{metric}_min": chosen.min(),
+                         f"{metric}_max": chosen.max()})
+    return pd.DataFrame(rows, columns=["parameter", "low", "high", "trials", f"{metric}_mean",
+                                       f"{metric}_min", f"{metric}_max"])

@@ -350,7 +350,7 @@ def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
     cos_prev and seconds), failed trials and trials without the metric last; adds "rank"."""
     if sort not in trials.columns:
         raise ValueError(f"cannot sort by {sort!r}: the trials table has no such column; "
-                         f"use one of {', '.join(_metric_columns(trials))}.")
+                         f"use one of {', '.join(metric_columns(trials))}.")
     ascending = lower_is_better(sort)
     failed = trials["status"].eq("error") if "status" in trials else False
     ranked = (trials.assign(_failed=failed)
@@ -365,8 +365,10 @@ def lower_is_better(metric: str) -> bool:
     return "loss" in metric or metric.endswith("cos_prev") or metric in ("seconds", "best_epoch")
 
 
-def _metric_columns(trials: pd.DataFrame) -> list[str]:
-    return [c for c in trials.columns if c.startswith(("val_", "train_", "best_"))]
+def metric_columns(trials: pd.DataFrame) -> list[str]:
+    """The metric columns of a trials table (val_*, train_*, best_*; not settings or flags)."""
+    return [c for c in trials.columns if c.startswith(("val_", "train_", "best_"))
+            and c not in CONFIG_FIELDS and c != "train_val_sign_flip"]
 
 
 def best_trial(trials: pd.DataFrame, metric: str = "val_margin") -> pd.Series:

@@ -1,0 +1,292 @@
+"""``python -m tune_p7.analyze results/NAME``: what a sweep found, and what it is worth.
+
+Prints the data's directional signals and the trivial predictors, the baseline cells, the
+leaderboard with verdicts and flags, the best config and Optuna's parameter importances,
+then where the outputs went. Writes into the sweep folder: trials.parquet and
+history.parquet (when Ray's files are newer), the plots (tune_p7.plots), optuna.db
+(tune_p7.optuna_export) and summary.txt (this report as a table).
+
+    python -m tune_p7.analyze results/NAME --sort val_cos_next --top 5 --format json
+    python -m tune_p7.analyze results/NAME --export-best best/   # best.pt + config.json
+
+``write_outputs(sweep_dir)`` does the writing without printing (the sweep calls it at its end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from tune_p7 import optuna_export, plots, results
+from tune_p7.verdicts import FLAGS, Criteria
+
+DISPLAY = ("rank", "trial_id", "phase", "cell", "context", "margin", "temperature",
+           "anchor_lambda", "status", "epochs_run", "val_margin", "val_cos_next",
+           "val_cos_prev", "val_cos_anchor", "val_r_at_5", "train_margin", "verdict",
+           "beats_trivial", "flags")
+CELL_COLUMNS = ("cell", "context", "margin", "anchor_lambda", "status", "epochs_run",
+                "val_margin", "best_val_margin", "val_cos_next", "val_cos_prev",
+                "val_cos_anchor", "val_r_at_5", "verdict", "flags")
+BASELINE_COLUMNS = ("context", "predictor", "val_margin", "val_cos_next", "val_cos_prev",
+                    "val_cos_anchor", "val_r_at_5", "val_mrr_at_10")
+SUMMARY_FILE = "summary.txt"
+
+
+class AnalysisError(ValueError):
+    """A user error: the message is one sentence naming the input and the fix."""
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the outputs
+
+
+def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
+                  sort: str = "val_margin", top: int = 10) -> tuple[results.Sweep, dict]:
+    """Refresh the tables, draw the plots, export optuna.db, write summary.txt.
+
+    Returns the loaded sweep and {"tables" | "plots" | "optuna" | "summary": paths}, plus
+    "importances" (a DataFrame). Raises results.NotASweep for a folder that is not a sweep.
+    """
+    sweep_dir = Path(sweep_dir)
+    written: dict = {}
+    if (sweep_dir / "ray").is_dir() and not results.tables_are_fresh(sweep_dir):
+        results.write_tables(sweep_dir)
+        written["tables"] = [sweep_dir / "trials.parquet", sweep_dir / "history.parquet"]
+    sweep = results.load_sweep(sweep_dir, criteria)
+    if not sweep.trials.empty and sort not in sweep.trials.columns:
+        raise AnalysisError(f"--sort {sort!r} is not a column of the trials table; use one of "
+                            f"{', '.join(results.metric_columns(sweep.trials))}.")
+    written["plots"] = plots.write_plots(sweep)
+    study = optuna_export.export_study(sweep)
+    written["optuna"] = [sweep_dir / optuna_export.STUDY_FILE]
+    written["importances"] = optuna_export.importances(study)
+    written["summary"] = [sweep_dir / SUMMARY_FILE]
+    sections = report(sweep, sort, top, written)
+    (sweep_dir / SUMMARY_FILE).write_text(format_table(sections, sweep) + "\n")
+    return sweep, written
+
+
+def export_best(sweep: results.Sweep, metric: str, folder: str | Path) -> dict:
+    """Write the best trial's last checkpoint as folder/best.pt plus config.json, metrics.json.
+
+    best.pt = {"model": state dict, "config": TrainConfig dict, "dim": D, "epoch",
+    "val_margin", "trial_id", "sweep"}, reloadable with tune_p7.train.load_model. The sweep
+    keeps each trial's latest checkpoint, so the export is the model after its last epoch:
+    the one whose metrics the leaderboard shows. Returns the exported metrics row.
+    """
+    try:
+        trial = results.best_trial(sweep.trials, metric)
+    except ValueError as error:
+        raise AnalysisError(f"--export-best: {error}") from None
+    checkpoint = latest_checkpoint(sweep.path / trial["trial_dir"])
+    if checkpoint is None:
+        raise AnalysisError(f"--export-best: trial {trial['trial_id']} has no checkpoint in "
+                            f"{sweep.path / trial['trial_dir']}; re-run it or copy the whole "
+                            f"sweep folder.")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    epochs = sweep.history[(sweep.history["experiment"] == trial["experiment"])
+                           & (sweep.history["trial_id"] == trial["trial_id"])]
+    metrics = epochs[epochs["epoch"] == state["epoch"]].iloc[0].to_dict()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dim = int(state["model"]["input.weight"].shape[1])
+    torch.save({"model": state["model"], "config": state["config"], "dim": dim,
+                "epoch": int(state["epoch"]), "val_margin": float(metrics["val_margin"]),
+                "trial_id": str(trial["trial_id"]), "sweep": str(sweep.path)},
+               folder / "best.pt")
+    labels = {name: _plain(trial[name]) for name in (*results.KEYS, "trial_dir")}
+    (folder / "config.json").write_text(json.dumps(
+        {**state["config"], **labels, "dim": dim, "sweep": str(sweep.path)}, indent=2))
+    metrics = {name: _plain(value) for name, value in metrics.items()}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    """trial_dir/checkpoint_<n>/state.pt with the highest n, or None."""
+    found = sorted(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------------------
+# The report: sections of DataFrames, formatted three ways
+
+
+def report(sweep: results.Sweep, sort: str, top: int, written: dict) -> dict:
+    """{section: DataFrame} in print order; best_config and notes are DataFrames too."""
+    trials = sweep.trials
+    board = results.leaderboard(trials, sort, top) if not trials.empty else trials
+    shown = [c for c in DISPLAY if c in board.columns]
+    if sort not in shown:
+        shown.insert(shown.index("verdict"), sort)
+    try:
+        best = results.best_config(trials, sort) if not trials.empty else {}
+    except ValueError:
+        best = {}
+    cells = trials[trials["phase"] == "baseline"] if not trials.empty else trials
+    files = [str(path) for key in ("tables", "plots", "optuna", "summary")
+             for path in written.get(key, [])]
+    return {
+        "sweep": _overview(sweep),
+        "data_signals": sweep.data_signals,
+        "trivial_predictors": sweep.baselines[[c for c in BASELINE_COLUMNS
+                                               if c in sweep.baselines.columns]],
+        "baseline_cells": cells[[c for c in CELL_COLUMNS if c in cells.columns]],
+        "leaderboard": board[shown],
+        "best_config": pd.DataFrame(list(best.items()), columns=["setting", "value"]),
+        "importances": written.get("importances", pd.DataFrame()),
+        "files": pd.DataFrame({"file": files}),
+    }
+
+
+def _overview(sweep: results.Sweep) -> pd.DataFrame:
+    """One row: name, sweep state, where the tables came from, trials per status/verdict."""
+    trials = sweep.trials
+    row = {"sweep": sweep.path.name, "state": sweep.plan.get("state", "unknown"),
+           "read_from": sweep.source, "trials": len(trials)}
+    if not trials.empty:
+        row.update({f"status_{k}": int(v) for k, v in trials["status"].value_counts().items()})
+        row.update({f"verdict_{k or 'none'}": int(v)
+                    for k, v in trials["verdict"].value_counts().items()})
+        row["beat_all_trivial"] = int(trials["beats_trivial"].fillna(False).sum())
+    return pd.DataFrame([row])
+
+
+def reading(sweep: results.Sweep) -> list[str]:
+    """Plain sentences that say what the numbers mean (printed in the table format)."""
+    lines = []
+    if results.sweep_is_running(sweep.path) and sweep.plan.get("state") == "running":
+        lines.append("The sweep is still running: every number below is provisional.")
+    signals = sweep.data_signals
+    if not signals.empty:
+        val = signals[signals["split"] == "val"]
+        forward = ", ".join(f"K={int(r.context)}: {r.forward_signal:+.4f}"
+                            for r in val.itertuples())
+        lines.append(f"Forward signal of the validation data ({forward}): on real text it is "
+                     f"near 0, and a positive val Δ is then hard to reach.")
+    trials = sweep.trials
+    if not trials.empty:
+        beating = int(trials["beats_trivial"].fillna(False).sum())
+        lines.append(f"{beating} of {len(trials)} trials beat all three trivial predictors "
+                     f"on val Δ, cos_next and R@5 at once (the bar for an interesting trial).")
+    return lines
+
+
+def format_table(sections: dict, sweep: results.Sweep | None = None) -> str:
+    """Human-readable report: each section as an aligned table under a title."""
+    out = []
+    if sweep is not None:
+        out += reading(sweep)
+    for name, frame in sections.items():
+        out.append(f"\n== {name.replace('_', ' ')} ==")
+        if frame.empty:
+            out.append("(none)")
+            continue
+        if name == "best_config":
+            settings = ", ".join(f"{r.setting}={r.value}" for r in frame.itertuples())
+            out.append(textwrap.fill(settings, width=100))
+            continue
+        out.append(frame.to_string(index=False, float_format=_float, na_rep="-"))
+    out.append("\nflags:")
+    out += [f"  {name}: {meaning}" for name, meaning in FLAGS.items()]
+    return "\n".join(out).lstrip("\n")
+
+
+def format_csv(sections: dict) -> str:
+    """Every section as CSV, each block headed by a "# <section>" line."""
+    return "\n".join(f"# {name}\n{frame.to_csv(index=False)}" for name, frame in sections.items())
+
+
+def format_json(sections: dict) -> str:
+    """One JSON object: {section: [records]}, NaN/NA as null."""
+    return json.dumps({name: [{k: _plain(v) for k, v in row.items()}
+                              for row in frame.to_dict(orient="records")]
+                       for name, frame in sections.items()}, indent=2)
+
+
+def _float(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def _plain(value):
+    """numpy / pandas scalars as JSON-able Python values (NA and NaN as None)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune_p7.analyze",
+        description="Analyse a sweep folder: signals, trivial predictors, cells, leaderboard "
+                    "with verdicts and flags, best config; writes plots, optuna.db, summary.")
+    parser.add_argument("sweep", help="sweep folder, e.g. results/NAME")
+    parser.add_argument("--sort", default="val_margin",
+                        help="trials column to rank by (default val_margin, the last epoch's)")
+    parser.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--export-best", metavar="DIR",
+                        help="write the best trial's model as DIR/best.pt + config.json")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="change a verdict/flag threshold, e.g. pass_margin=0.15 "
+                             f"(names: {', '.join(f.name for f in dataclasses.fields(Criteria))})")
+    return parser
+
+
+def parse_criteria(settings: list[str]) -> Criteria:
+    """Criteria from NAME=VALUE strings; raises AnalysisError naming a bad one."""
+    names = {field.name for field in dataclasses.fields(Criteria)}
+    values = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        try:
+            if name not in names:
+                raise ValueError
+            values[name] = float(value)
+        except ValueError:
+            raise AnalysisError(f"--threshold {setting!r} is not NAME=NUMBER with NAME one "
+                                f"of {', '.join(sorted(names))}.") from None
+    return Criteria(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        criteria = parse_criteria(args.threshold)
+        if args.top < 1:
+            raise AnalysisError(f"--top {args.top} must be at least 1.")
+        sweep, written = write_outputs(args.sweep, criteria, args.sort, args.top)
+        exported = (export_best(sweep, args.sort, args.export_best)
+                    if args.export_best else None)
+    except (results.NotASweep, AnalysisError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sections = report(sweep, args.sort, args.top, written)
+    if exported is not None:
+        best_pt = Path(args.export_best) / "best.pt"
+        sections["files"] = pd.concat([sections["files"], pd.DataFrame(
+            {"file": [str(best_pt), str(Path(args.export_best) / "config.json")]})])
+    formatter = {"table": lambda s: format_table(s, sweep), "csv": format_csv,
+                 "json": format_json}[args.format]
+    print(formatter(sections))
+    if exported is not None and args.format == "table":
+        print(f"\nexported trial {exported.get('trial_id')} epoch {exported.get('epoch')} "
+              f"(val_margin {exported.get('val_margin'):+.4f}); reload with: "
+              f"from tune_p7.train import load_model; model = load_model('{best_pt}')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The sweep as an Optuna study in SQLite, for optuna-dashboard and Optuna's analysis tools.
+
+    study = export_study(load_sweep("results/NAME"))       # writes results/NAME/optuna.db
+    optuna.importance.get_param_importances(study)
+    # optuna-dashboard sqlite:///results/NAME/optuna.db
+
+The study is rebuilt from the DataFrames every time (written to a temporary file, then
+renamed, so a dashboard never reads half a study). One Optuna trial per sweep trial
+(confirm re-runs left out: they measure noise, not the search):
+
+- params: the searched hyperparameters (sweep.json "optuna.params", FloatDistribution with
+  its log flag) plus any field in which the baseline cells differ (e.g. context, as an
+  IntDistribution). A distribution is widened to hold every trial's value, so the cells
+  are in the study even where they lie outside the Optuna ranges.
+- value: the final val_margin (the direction is maximize); intermediate values: val_margin
+  per epoch (step = epoch).
+- state: complete -> COMPLETE, stopped_early -> PRUNED (ASHA), error -> FAIL, interrupted ->
+  FAIL (as Optuna marks a trial whose process died), running -> RUNNING, pending -> WAITING.
+- user attrs: trial_id, experiment, phase, cell, status, verdict, flags, epochs_run and
+  the last epoch's val_cos_next, val_cos_prev, val_cos_anchor, val_r_at_5, train_margin.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+import pandas as pd
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+if TYPE_CHECKING:
+    from tune_p7.results import Sweep
+
+STUDY_FILE = "optuna.db"
+STATES = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED,
+          "error": TrialState.FAIL, "interrupted": TrialState.FAIL,
+          "running": TrialState.RUNNING, "pending": TrialState.WAITING}
+VALUE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+ATTRIBUTES = ("trial_id", "experiment", "phase", "cell", "status", "verdict", "flags",
+              "epochs_run", "val_cos_next", "val_cos_prev", "val_cos_anchor", "val_r_at_5",
+              "train_margin")
+
+
+def export_study(sweep: "Sweep", path: str | Path | None = None) -> optuna.Study:
+    """Write the sweep's trials as an Optuna study to ``path`` (default sweep/optuna.db).
+
+    Returns the study, loaded from the written file. The study name is the sweep folder's.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line per export
+    path = Path(path or sweep.path / STUDY_FILE)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    name = sweep.path.name
+    study = optuna.create_study(storage=f"sqlite:///{temporary}", study_name=name,
+                                direction="maximize")
+    study.set_user_attr("metric", "val_margin (final epoch)")
+    trials = sweep.trials[sweep.trials["phase"] != "confirm"]
+    distributions = study_distributions(sweep.plan, trials, sweep.parameters())
+    for _, trial in trials.iterrows():
+        study.add_trial(_frozen_trial(trial, sweep.history, distributions))
+    temporary.replace(path)  # every trial was committed; SQLite keeps no journal between them
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def study_distributions(plan: dict, trials: pd.DataFrame, parameters: list[str]) -> dict:
+    """{parameter: distribution}: the plan's Optuna ranges, integer fields as
+    IntDistribution, each widened to hold every trial's value."""
+    ranges = plan.get("optuna", {}).get("params", {})
+    distributions = {}
+    for name in parameters:
+        values = pd.to_numeric(trials[name], errors="coerce").dropna()
+        planned = ranges.get(name, {})
+        low = min([planned.get("low", math.inf), *values])
+        high = max([planned.get("high", -math.inf), *values])
+        if not math.isfinite(low) or (low == high and name not in ranges):
+            continue  # no range and one value: nothing to learn from this parameter
+        if pd.api.types.is_integer_dtype(trials[name]):
+            distributions[name] = IntDistribution(int(low), int(high))
+        else:
+            distributions[name] = FloatDistribution(float(low), float(high),
+                                                    log=bool(planned.get("log", False)))
+    return distributions
+
+
+def _frozen_trial(trial: pd.Series, history: pd.DataFrame, distributions: dict):
+    """One sweep trial as an Optuna FrozenTrial (see the module docstring for the mapping)."""
+    state = STATES[trial["status"]]
+    epochs = history[(history["experiment"] == trial["experiment"])
+                     & (history["trial_id"] == trial["trial_id"])]
+    intermediate = {int(e): float(v) for e, v in zip(epochs["epoch"], epochs["val_margin"])
+                    if math.isfinite(v)}
+    value = trial.get("val_margin")
+    has_value = state in VALUE_STATES and value is not None and math.isfinite(value)
+    if state in VALUE_STATES and not has_value:
+        state = TrialState.FAIL  # ended without a finite margin: nothing to rank
+    params = {name: _plain(trial[name]) for name in distributions}
+    return create_trial(params=params, distributions=distributions,
+                        value=float(value) if has_value else None,
+                        intermediate_values=intermediate, state=state,
+                        user_attrs={name: _plain(trial.get(name)) for name in ATTRIBUTES})
+
+
+def _plain(value):
+    """numpy / pandas scalars as JSON-able Python values (NA and NaN as None)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def importances(study: optuna.Study) -> pd.DataFrame:
+    """Optuna's parameter importances (default evaluator) of the completed trials.
+
+    Columns: parameter, importance (sums to 1). Empty when fewer than two completed trials
+    or no parameter varies, where importances are undefined.
+    """
+    completed = study.get_trials(states=(TrialState.COMPLETE,), deepcopy=False)
+    if len(completed) < 2:
+        return pd.DataFrame(columns=["parameter", "importance"])
+    try:
+        values = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. no parameter varies among completed trials
+        return pd.DataFrame(columns=["parameter", "importance"])
+    return pd.DataFrame(list(values.items()), columns=["parameter", "importance"])

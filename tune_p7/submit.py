@@ -1,0 +1,566 @@
+"""``python -m tune_p7.submit``: run a sweep on a Ray cluster as a Ray Job, follow, stop it.
+
+    python -m tune_p7.submit --address http://HEAD:8265 [--no-wait] [--name NAME]
+        [--storage-path DIR] [--runtime-env FILE] -- <python -m tune_p7.sweep arguments>
+    python -m tune_p7.submit status|logs|stop JOB [--address http://HEAD:8265]
+
+The job runs ``python -u -m tune_p7.sweep <arguments> --address auto`` on the cluster, with
+this project folder as its working directory (Ray uploads it without results, caches, .git
+and virtualenvs), so the driver and every trial import this very tune_p7; the cluster's
+``python`` must have the dependencies (docs/cluster.md). The cluster reads ``--data`` and
+writes ``--storage-path`` where it runs, so both are checked before submitting: a folder of
+this machine is only good for a cluster on this machine, unless every node mounts it.
+Ray's token authentication follows the cluster (``RAY_AUTH_MODE``, docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+import tune_p7
+
+SWEEP_ENTRYPOINT = "python -u -m tune_p7.sweep"
+JOB_COMMANDS = ("status", "logs", "stop")
+# Never uploaded with the project (gitignore patterns; Ray also honours .gitignore).
+UPLOAD_EXCLUDES = ["/results/", ".git", ".venv/", "venv/", "__pycache__/", ".pytest_cache/",
+                   ".cache/", "*.egg-info/", "/build/", "/dist/"]
+# File systems that other machines mount too: a folder on one of them is shared storage.
+NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph",
+                        "glusterfs", "fuse.glusterfs", "fuse.cephfs", "fuse.juicefs",
+                        "fuse.gcsfuse", "fuse.s3fs", "fuse.mountpoint-s3", "wekafs", "panfs"}
+MOUNTS = Path("/proc/mounts")
+TOKEN_FILE = Path("~/.ray/auth_token")
+SHARED_HINT = ("a folder every node mounts (NFS, Lustre, a mounted bucket), with --shared-fs "
+               "if this machine does not mount it")
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message is one sentence naming the fix (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the job goes and what its nodes can read.
+
+    address: the head node's dashboard (Ray Jobs) URL, e.g. http://127.0.0.1:8265.
+    local: the address is this machine's loopback, so this machine's folders are the head's.
+    shared_fs: the user vouches that absolute paths are on a file system every node mounts.
+    """
+
+    address: str
+    local: bool
+    shared_fs: bool = False
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The sweep as it runs on the cluster: its arguments and where its folder lands."""
+
+    arguments: list[str]
+    name: str
+    storage_path: str
+
+    @property
+    def entrypoint(self) -> str:
+        return f"{SWEEP_ENTRYPOINT} {shlex.join(self.arguments)}"
+
+    @property
+    def sweep_folder(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+
+# ---------------------------------------------------------------------------------------
+# The cluster: address and authentication
+
+
+def dashboard_address(value: str | None) -> str:
+    """The dashboard URL from --address, else RAY_API_SERVER_ADDRESS / RAY_ADDRESS."""
+    value = value or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not value:
+        raise UserError("No cluster given: pass --address http://HEAD:8265 (the head node's "
+                        "dashboard) or set RAY_API_SERVER_ADDRESS.")
+    if value == "auto" or value.startswith("ray://"):
+        raise UserError(f"--address {value} is not a dashboard address; pass the head node's "
+                        f"Ray Jobs endpoint, e.g. http://HEAD:8265.")
+    if "://" not in value:
+        value = f"http://{value}"
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"--address {value} is not a dashboard address; pass the head node's "
+                        f"Ray Jobs endpoint, e.g. http://HEAD:8265.")
+    return value.rstrip("/")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether the URL names this machine's loopback interface (127.0.0.1, ::1, localhost)."""
+    host = urlparse(address).hostname
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cluster_auth_mode(address: str) -> str:
+    """The cluster's RAY_AUTH_MODE as its dashboard reports it: "token" or "disabled".
+
+    The endpoint is public; a dashboard without it (Ray < 2.52) has no token auth.
+    """
+    try:
+        with urllib.request.urlopen(f"{address}/api/authentication_mode", timeout=10) as reply:
+            return json.load(reply).get("authentication_mode", "disabled")
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return "disabled"
+        raise UserError(f"{address} answered HTTP {error.code}, not like a Ray dashboard; "
+                        f"pass the head node's Ray Jobs endpoint, e.g. http://HEAD:8265.")
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"No Ray dashboard answers at {address} ({reason}); start the "
+                        f"cluster or fix --address (the head node's dashboard, usually "
+                        f"port 8265).") from None
+    except ValueError:
+        raise UserError(f"{address} answered, but not like a Ray dashboard; pass the head "
+                        f"node's Ray Jobs endpoint, e.g. http://HEAD:8265.") from None
+
+
+def client_token() -> tuple[str, str] | None:
+    """This machine's Ray token and where it came from, in Ray's order of precedence:
+    RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named or TOKEN_FILE).expanduser()
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        token = ""
+    if named and not token:
+        raise UserError(f"RAY_AUTH_TOKEN_PATH={named} cannot be read or is empty; point it "
+                        f"at a file holding the cluster's token.")
+    return (token, str(path)) if token else None
+
+
+def auth_headers(cluster: Cluster, cluster_mode: str, client_mode: str | None,
+                 token: tuple[str, str] | None) -> dict[str, str]:
+    """HTTP headers that authenticate this client the way the cluster wants.
+
+    client_mode is this machine's RAY_AUTH_MODE (None: unset, follow the cluster).
+    """
+    if cluster_mode != "token":
+        if client_mode == "token":
+            _note(f"RAY_AUTH_MODE=token here, but the cluster at {cluster.address} does not "
+                  f"use token authentication; submitting without a token.")
+        elif not cluster.local:
+            _note(f"the cluster at {cluster.address} has token authentication off: anyone "
+                  f"who reaches its dashboard can run code on it (docs/cluster.md, Security).")
+        return {}
+    if client_mode is not None and client_mode.lower() != "token":
+        raise UserError(f"The cluster at {cluster.address} requires token authentication but "
+                        f"RAY_AUTH_MODE={client_mode} here; unset RAY_AUTH_MODE or set it to "
+                        f"token.")
+    if token is None:
+        raise UserError(f"The cluster at {cluster.address} requires token authentication and "
+                        f"no token was found here; put the cluster's token (`ray "
+                        f"get-auth-token` on its head node) in ~/.ray/auth_token, in a file "
+                        f"named by RAY_AUTH_TOKEN_PATH, or in RAY_AUTH_TOKEN.")
+    return {"Authorization": f"Bearer {token[0]}"}
+
+
+def connect(cluster: Cluster):
+    """A JobSubmissionClient for the cluster, authenticated as the cluster requires."""
+    try:
+        from ray.exceptions import AuthenticationError
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise UserError("Submitting needs Ray's job client; install it with "
+                        "pip install -e '.[cluster]' (ray[default]).") from None
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not its INFO lines on packaging
+    token = client_token()
+    headers = auth_headers(cluster, cluster_auth_mode(cluster.address),
+                           os.environ.get("RAY_AUTH_MODE"), token)
+    try:
+        return JobSubmissionClient(cluster.address, headers=headers)
+    except AuthenticationError:
+        source = token[1] if token else "nowhere"
+        raise UserError(f"The cluster at {cluster.address} rejected the token from {source}; "
+                        f"use the token the cluster was started with (`ray get-auth-token` "
+                        f"on its head node).") from None
+    except (ConnectionError, RuntimeError) as error:
+        raise UserError(f"The Ray Jobs endpoint at {cluster.address} failed "
+                        f"({_first_line(error)}); check that --address is the head node's "
+                        f"dashboard.") from None
+
+
+# ---------------------------------------------------------------------------------------
+# The sweep's arguments, made right for the cluster
+
+
+def project_folder() -> Path:
+    """The checkout that holds this tune_p7 (uploaded as the job's working directory)."""
+    folder = Path(tune_p7.__file__).resolve().parent.parent
+    if not (folder / "pyproject.toml").is_file():
+        raise UserError(f"tune_p7 is installed in {folder}, not run from a checkout; clone "
+                        f"the project and pip install -e . there, so it can be uploaded.")
+    return folder
+
+
+def sweep_plan(sweep_arguments: list[str], name: str | None, storage_path: str | None,
+               cluster: Cluster, project: Path) -> SweepPlan:
+    """The sweep's arguments with paths the cluster can use, a name, and ``--address auto``.
+
+    name/storage_path come from submit's own options; each may also be given after ``--``.
+    """
+    given, rest = _path_arguments().parse_known_args(sweep_arguments)
+    name = _once("--name", name, given.name)
+    storage_path = _once("--storage-path", storage_path, given.storage_path)
+    if name is None:
+        if "--resume" in rest:
+            raise UserError("--resume on a cluster needs the --name of the sweep to continue.")
+        name = datetime.now().strftime("p7-%Y%m%d-%H%M%S")
+    storage_path = storage_location(storage_path, cluster)
+    arguments = rest + ["--name", name, "--storage-path", storage_path]
+    if given.data is not None:
+        arguments += ["--data", data_location(given.data, cluster)]
+    if given.space is not None:
+        arguments += ["--space", space_location(given.space, cluster, project)]
+    if not any(arg == "--address" or arg.startswith("--address=") for arg in rest):
+        arguments += ["--address", "auto"]
+    return SweepPlan(arguments, name, storage_path)
+
+
+def _path_arguments() -> argparse.ArgumentParser:
+    """The sweep arguments submit rewrites; all others pass through unchanged."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--name", "--storage-path", "--data", "--space"):
+        parser.add_argument(flag)
+    return parser
+
+
+def _once(flag: str, before: str | None, after: str | None) -> str | None:
+    if before is not None and after is not None and before != after:
+        raise UserError(f"{flag} is given twice ({before} and {after}); give it once, before "
+                        f"or after --.")
+    return before if before is not None else after
+
+
+def storage_location(value: str | None, cluster: Cluster) -> str:
+    """An absolute folder the cluster can write (the sweep writes folders, not URIs)."""
+    if value is None:
+        if cluster.local:
+            return str(Path("results").resolve())
+        raise UserError(f"--storage-path is required with the cluster at {cluster.address}: "
+                        f"give {SHARED_HINT}.")
+    if _is_url(value):
+        raise UserError(f"--storage-path {value} is a URL, but the sweep writes to a folder; "
+                        f"give {SHARED_HINT}.")
+    path = _absolute(value)
+    if cluster.local or cluster.shared_fs or on_network_file_system(path):
+        return str(path)
+    raise UserError(f"--storage-path {value} is a folder of this machine, which the cluster "
+                    f"at {cluster.address} cannot write; give {SHARED_HINT}.")
+
+
+def data_location(value: str, cluster: Cluster) -> str:
+    """'default', 'synthetic', or an absolute path to a file the cluster can read."""
+    if value in ("default", "synthetic"):
+        return value
+    if _is_url(value):
+        raise UserError(f"--data {value} is a URL, but the sweep reads a file; copy it to "
+                        f"{SHARED_HINT}.")
+    path = _absolute(value)
+    if cluster.local and not path.is_file():
+        raise UserError(f"--data {value} is not a file; pass an .npz file, default or "
+                        f"synthetic.")
+    if cluster.local or cluster.shared_fs or on_network_file_system(path):
+        return str(path)
+    raise UserError(f"--data {value} is a file of this machine, which the cluster at "
+                    f"{cluster.address} cannot read; put it in {SHARED_HINT}.")
+
+
+def space_location(value: str, cluster: Cluster, project: Path) -> str:
+    """A search space path the job can open: relative when uploaded with the project."""
+    path = _absolute(value)
+    if not cluster.shared_fs and not path.is_file():
+        raise UserError(f"--space {value} is not a file; pass a search space YAML such as "
+                        f"search_spaces/p7.yaml.")
+    if path.is_relative_to(project):
+        return str(path.relative_to(project))
+    if cluster.local or cluster.shared_fs or on_network_file_system(path):
+        return str(path)
+    raise UserError(f"--space {value} lies outside the project folder, which is all the "
+                    f"cluster at {cluster.address} receives; copy it into "
+                    f"{project / 'search_spaces'}.")
+
+
+def on_network_file_system(path: Path, mounts: Path = MOUNTS) -> bool:
+    """Whether ``path`` lies on a network file system mounted here (see NETWORK_FILE_SYSTEMS)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return False
+    best_point, best_type = "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if path.is_relative_to(point) and len(point) > len(best_point):
+            best_point, best_type = point, fields[2]
+    return best_type in NETWORK_FILE_SYSTEMS
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value and not value.startswith("file://")
+
+
+def _absolute(value: str) -> Path:
+    return Path(value.removeprefix("file://")).expanduser().resolve()
+
+
+def runtime_env(project: Path, env_file: str | None) -> dict:
+    """Ray runtime_env of the job: --runtime-env's fields plus the project as working_dir."""
+    env = read_runtime_env(env_file) if env_file else {}
+    env.setdefault("working_dir", str(project))
+    env["excludes"] = list(env.get("excludes", [])) + UPLOAD_EXCLUDES
+    return env
+
+
+def read_runtime_env(path: str) -> dict:
+    """A runtime_env mapping (pip, env_vars, ...) from a YAML or JSON file."""
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise UserError(f"--runtime-env {path} cannot be read ({error.strerror}); pass a "
+                        f"YAML file such as deploy/runtime-env.yaml.") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"--runtime-env {path} is not valid YAML ({_first_line(error)}); fix "
+                        f"the file, see deploy/runtime-env.yaml.") from None
+    if not isinstance(content, dict):
+        raise UserError(f"--runtime-env {path} must hold a mapping of runtime_env fields "
+                        f"(pip, env_vars, ...), see deploy/runtime-env.yaml.")
+    return content
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def submit(options: argparse.Namespace, sweep_arguments: list[str]) -> int:
+    """Check everything, submit the sweep job, print its id, and follow it unless --no-wait."""
+    address = dashboard_address(options.address)
+    cluster = Cluster(address, is_loopback(address), options.shared_fs)
+    project = project_folder()
+    plan = sweep_plan(sweep_arguments, options.name, options.storage_path, cluster, project)
+    env = runtime_env(project, options.runtime_env)
+    client = connect(cluster)
+    try:
+        job_id = client.submit_job(
+            entrypoint=plan.entrypoint, runtime_env=env,
+            entrypoint_num_cpus=options.entrypoint_num_cpus,
+            metadata={"job_name": f"tune_p7 sweep {plan.name}",
+                      "tune_p7_sweep_folder": plan.sweep_folder})
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"The cluster at {address} refused the job ({_first_line(error)}); "
+                        f"check --runtime-env and the cluster's log.") from None
+    print(job_id, flush=True)
+    _note(f"submitted {job_id}; results land in {plan.sweep_folder} (on the cluster)")
+    if not options.wait:
+        _note(f"follow it with: python -m tune_p7.submit logs {job_id} --follow "
+              f"--address {address}")
+        return 0
+    return follow(client, job_id, address)
+
+
+def follow(client, job_id: str, address: str) -> int:
+    """Stream the job's logs until it ends; exit with its outcome (Ctrl-C only detaches)."""
+    try:
+        asyncio.run(_print_log_stream(client, job_id))
+        info = _wait_until_finished(client, job_id)
+    except KeyboardInterrupt:
+        _note(f"detached; {job_id} keeps running: python -m tune_p7.submit stop {job_id} "
+              f"--address {address} stops it.")
+        return 130
+    code = job_exit_code(info.status, info.driver_exit_code)
+    _note(f"job {job_id} {info.status}"
+          + (f" (exit code {code})" if code else "")
+          + (f": {_first_line(info.message)}" if info.message and code else ""))
+    return code
+
+
+async def _print_log_stream(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def _wait_until_finished(client, job_id: str, poll_seconds: float = 1.0):
+    """The job's final JobDetails (the log stream can end a moment before the status)."""
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal():
+            return info
+        time.sleep(poll_seconds)
+
+
+def job_exit_code(status: str, driver_exit_code: int | None) -> int:
+    """0 when the job SUCCEEDED, the sweep's own exit code when it FAILED, else 1.
+
+    A driver killed by signal N (exit code -N) gives 128 + N, like a shell.
+    """
+    if status == "SUCCEEDED":
+        return 0
+    if driver_exit_code:
+        return driver_exit_code if driver_exit_code > 0 else 128 - driver_exit_code
+    return 1
+
+
+def job_status(options: argparse.Namespace) -> int:
+    """Print one job's status, message, entrypoint and sweep folder."""
+    client, info = _job(options)
+    folder = (info.metadata or {}).get("tune_p7_sweep_folder", "")
+    rows = {"job": options.job, "status": str(info.status),
+            "exit code": info.driver_exit_code, "message": _first_line(info.message or ""),
+            "entrypoint": info.entrypoint, "sweep folder": folder,
+            "started": _time(info.start_time), "ended": _time(info.end_time)}
+    for key, value in rows.items():
+        if value not in (None, ""):
+            print(f"{key + ':':14}{value}")
+    return 0
+
+
+def job_logs(options: argparse.Namespace) -> int:
+    """Print the job's logs so far, or follow them (--follow) until it ends."""
+    client, _ = _job(options)
+    if options.follow:
+        return follow(client, options.job, client.get_address())
+    sys.stdout.write(client.get_job_logs(options.job))
+    return 0
+
+
+def job_stop(options: argparse.Namespace) -> int:
+    """Ask the cluster to stop the job (its trials stop with it)."""
+    client, info = _job(options)
+    if client.stop_job(options.job):
+        _note(f"stopping {options.job}; `status {options.job}` shows when it has STOPPED")
+    else:
+        _note(f"{options.job} had already ended ({info.status}); nothing to stop")
+    return 0
+
+
+def _job(options: argparse.Namespace):
+    """(client, JobDetails) of options.job; an unknown job is a user error."""
+    address = dashboard_address(options.address)
+    client = connect(Cluster(address, is_loopback(address)))
+    try:
+        return client, client.get_job_info(options.job)
+    except RuntimeError as error:
+        if "404" not in str(error) and "does not exist" not in str(error):
+            raise
+        raise UserError(f"There is no job {options.job} on the cluster at {address}; list "
+                        f"jobs with `ray job list --address {address}`.") from None
+
+
+def _time(milliseconds: int | None) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000).isoformat(" ", "seconds") \
+        if milliseconds else ""
+
+
+def _first_line(text) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _note(text: str) -> None:
+    print(f"tune_p7.submit: {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune_p7.submit",
+        usage="%(prog)s --address http://HEAD:8265 [options] -- <sweep arguments>\n"
+              "       %(prog)s status|logs|stop JOB [--address http://HEAD:8265]",
+        description="Run python -m tune_p7.sweep on a Ray cluster as a Ray Job. Arguments "
+                    "after -- go to the sweep; --data/--space/--storage-path are checked to "
+                    "be reachable from the cluster. See docs/cluster.md.")
+    _address_option(parser)
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="stream the job's logs and exit with its outcome (default), or "
+                             "print the job id and return")
+    parser.add_argument("--name", help="sweep folder name (default p7-<date>-<time>)")
+    parser.add_argument("--storage-path",
+                        help="folder that receives the sweep folder, on storage every node "
+                             "mounts (default for a cluster on this machine: ./results)")
+    parser.add_argument("--runtime-env", metavar="FILE",
+                        help="YAML runtime_env fields for the job, e.g. pip or env_vars "
+                             "(deploy/runtime-env.yaml)")
+    parser.add_argument("--shared-fs", action="store_true",
+                        help="absolute --data/--storage-path/--space paths are on a file "
+                             "system every node mounts; skip the check from this machine")
+    parser.add_argument("--entrypoint-num-cpus", type=float, default=0,
+                        help="CPUs reserved for the sweep's driver; 0 (default) runs it on "
+                             "the head node without taking a CPU from the trials")
+    return parser
+
+
+def build_job_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tune_p7.submit",
+                                     description="Inspect or stop a submitted sweep job.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    helps = {"status": "print the job's status and sweep folder",
+             "logs": "print the job's logs", "stop": "stop the job"}
+    for command, text in helps.items():
+        sub = commands.add_parser(command, help=text, description=text)
+        sub.add_argument("job", help="the job id printed by submit (raysubmit_...)")
+        _address_option(sub)
+        if command == "logs":
+            sub.add_argument("--follow", action="store_true",
+                             help="keep streaming until the job ends; exit with its outcome")
+    return parser
+
+
+def _address_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address",
+                        help="the head node's dashboard, http://HEAD:8265 (default: "
+                             "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)")
+
+
+JOB_ACTIONS = {"status": job_status, "logs": job_logs, "stop": job_stop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in JOB_COMMANDS:
+            options = build_job_parser().parse_args(argv)
+            return JOB_ACTIONS[options.command](options)
+        split = argv.index("--") if "--" in argv else len(argv)
+        return submit(build_parser().parse_args(argv[:split]), argv[split + 1:])
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -517,16 +517,21 @@ def build(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def describe(args, corpus, encoder, names, chunks, dropped, mask) -> dict:
-    """The provenance/settings/counts JSON object stored under ``metadata``."""
+    """The provenance/settings/counts JSON object stored under ``metadata``.
+
+    Inputs: CLI args, the Corpus, the encoder record, kept document names and their chunk
+    lists, the number of dropped documents, the (n_docs,) validation mask or None.
+    """
     words = [len(chunk.split()) for doc in chunks for chunk in doc]
-    val_chunks = sum(len(doc) for doc, held in zip(chunks, mask if mask is not None else [False] * len(chunks)) if held)
+    held = mask if mask is not None else np.zeros(len(names), dtype=bool)
+    min_words, max_words = parse_chunk_words(args.chunk_words)
     return {
         "format": "tune_p7 chunk vectors v1",
         "corpus": args.name or corpus.source.get("corpus") or document_name(args.text, args.text),
         "source": corpus.source or {"text": str(args.text)},
         "text_sha256": hashlib.sha256(b"".join(f.read_bytes() for f in text_files(args.text))).hexdigest(),
         "encoder": encoder,
-        "chunking": {"min_words": parse_chunk_words(args.chunk_words)[0], "max_words": parse_chunk_words(args.chunk_words)[1], "min_chunks_per_document": MIN_CHUNKS, "method": "sentence packing (tune_p7.corpus)"},
+        "chunking": {"min_words": min_words, "max_words": max_words, "min_chunks_per_document": MIN_CHUNKS, "method": "sentence packing (tune_p7.corpus)"},
         "dtype": "float16",
         "normalized": "L2, computed in float32 before the float16 cast",
         "val_split": f"documents whose name starts with {args.val_prefix!r}" if mask is not None else None,
@@ -534,7 +539,7 @@ def describe(args, corpus, encoder, names, chunks, dropped, mask) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": {
             "documents": len(names), "documents_dropped": dropped, "chunks": len(words),
-            "val_documents": int(mask.sum()) if mask is not None else 0, "val_chunks": val_chunks,
+            "val_documents": int(held.sum()), "val_chunks": sum(len(doc) for doc, val in zip(chunks, held) if val),
             "words": int(sum(words)), "chunk_words_min": min(words), "chunk_words_mean": round(float(np.mean(words)), 1), "chunk_words_max": max(words),
         },
     }

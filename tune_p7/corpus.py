@@ -424,8 +424,10 @@ def encode_chunks(texts: list[str], spec: EncoderSpec, batch_size: int, cache: P
     Output: ((M, D) float32 unit rows in input order, stats: chunks encoded now (not from the
     cache) and the seconds the encoder spent on them).
     """
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError as err:
+        raise CorpusError(f"--encoder {spec.name} needs the package tqdm; install it with {EMBED_EXTRA}.") from err
     cache.mkdir(parents=True, exist_ok=True)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     model, result, fresh, seconds = None, [None] * len(texts), 0, 0.0

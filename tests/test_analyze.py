@@ -1,0 +1,300 @@
+"""End to end on sweep folders written by the real sweep (python -m tune_p7.sweep):
+DataFrames, recomputable numbers, plots, the Optuna export, the analyze CLI, export-best,
+and a sweep interrupted with Ctrl-C.
+
+One tiny sweep (synthetic 16-d data, 1-layer model, 3 epochs, the four cells plus a cell
+that diverges, four Optuna trials under ASHA) is shared by the module.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from tune_p7 import analyze, results
+from tune_p7.data import BatchSource, device_table, load_dataset, make_synthetic
+from tune_p7.metrics import evaluate
+from tune_p7.plots import PLOT_FILES
+from tune_p7.train import load_model
+
+SPACE = """
+cells:
+  baseline:       {context: 5, margin: 0.07, anchor_lambda: 0.8}
+  strong_anchor:  {context: 5, margin: 0.07, anchor_lambda: 0.6}
+  higher_margin:  {context: 5, margin: 0.10, anchor_lambda: 0.8}
+  larger_context: {context: 7, margin: 0.07, anchor_lambda: 0.8}
+  diverges:       {context: 5, margin: 0.07, anchor_lambda: 0.8, weight_teacher: 1.0e+40}
+optuna:
+  params:
+    margin:        {low: 0.02, high: 0.20}
+    temperature:   {low: 0.02, high: 0.20, log: true}
+    anchor_lambda: {low: 0.5, high: 0.95}
+  startup_trials: 2
+fixed: {context: 5, temperature: 0.07, learn_lambda: true, lambda_min: 0.5, lambda_max: 0.95}
+profiles:
+  quick:
+    train: {epochs: 3, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2,
+            global_queries: 256, train_eval_windows: 256}
+    optuna_trials: 4
+    asha: {grace_period: 2, reduction_factor: 2}
+  full:
+    train: {epochs: 3, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2}
+    optuna_trials: 4
+    asha: {grace_period: 2, reduction_factor: 2}
+"""
+CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context", "diverges"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """The tiny search space and dataset files."""
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "space.yaml").write_text(SPACE)
+    vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
+    np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
+    return {"space": folder / "space.yaml", "data": folder / "data.npz",
+            "storage": tmp_path_factory.mktemp("results")}
+
+
+def sweep_command(inputs: dict, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(inputs["space"]),
+            "--data", str(inputs["data"]), "--storage-path", str(inputs["storage"]),
+            "--name", name, "--max-concurrent", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(inputs) -> Path:
+    done = subprocess.run(sweep_command(inputs, "tiny"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return inputs["storage"] / "tiny"
+
+
+@pytest.fixture(scope="module")
+def analyzed(sweep_dir) -> tuple[int, str, str]:
+    """python -m tune_p7.analyze on the shared sweep, run once: (exit code, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "tune_p7.analyze", str(sweep_dir), "--top",
+                           "4"], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def run_analyze(capsys, *args: str) -> tuple[int, str, str]:
+    code = analyze.main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------------------------------
+# DataFrames
+
+
+def test_tables_hold_every_trial_and_epoch_of_the_real_sweep(sweep_dir):
+    sweep = results.load_sweep(sweep_dir)
+    trials, history = sweep.trials, sweep.history
+    assert len(trials) == 5 + 4
+    assert set(trials.loc[trials.phase == "baseline", "cell"]) == CELLS
+    assert (trials.loc[trials.phase == "optuna", "cell"] == "").all()
+    assert set(trials.status) == {"complete", "error", "stopped_early"}, trials.status
+    assert len(history) == trials.epochs_run.sum()
+    assert not trials.duplicated(["experiment", "trial_id"]).any()
+    failed = trials[trials.status == "error"].iloc[0]
+    assert failed.cell == "diverges" and failed.epochs_run == 0
+    assert "diverged" in failed.error and failed.error.count("\n") == 0
+    assert failed.diverged and failed.verdict == "FAIL"
+    stopped = trials[trials.status == "stopped_early"]
+    assert (stopped.epochs_run < stopped.epochs).all() and stopped.stopped_early.all()
+    for column in ("trial_id", "experiment", "phase", "cell", "trial_dir", "context", "margin",
+                   "temperature", "anchor_lambda", "epochs", "status", "error", "epochs_run",
+                   "best_val_margin", "best_epoch", "val_margin", "val_cos_next",
+                   "val_cos_prev", "val_cos_anchor", "val_r_at_5", "train_margin",
+                   "final_anchor_lambda", "gate_weight_mean", "seconds", "verdict", "flags",
+                   "beats_trivial", "backward", "below_copy_last"):
+        assert column in trials.columns, column
+
+
+def test_parquet_written_by_the_sweep_matches_rays_files(sweep_dir):
+    from_ray, history = results.collect_tables(sweep_dir)
+    written = pd.read_parquet(sweep_dir / "trials.parquet")
+    key = ["experiment", "trial_id"]
+    pd.testing.assert_frame_equal(written.sort_values(key).reset_index(drop=True),
+                                  from_ray.sort_values(key).reset_index(drop=True))
+    assert len(pd.read_parquet(sweep_dir / "history.parquet")) == len(history)
+
+
+def test_every_shown_number_is_recomputable_from_the_dataframes(sweep_dir):
+    sweep = results.load_sweep(sweep_dir)
+    trials, history = sweep.trials, sweep.history
+    # margin is cos_next - cos_prev averaged over the same windows
+    np.testing.assert_allclose(history.val_margin, history.val_cos_next - history.val_cos_prev,
+                               atol=1e-5)
+    last = history.sort_values("epoch").groupby(["experiment", "trial_id"]).tail(1)
+    merged = trials.merge(last, on=["experiment", "trial_id"], suffixes=("", "_history"))
+    for metric in ("val_margin", "val_cos_next", "val_r_at_5", "train_margin"):
+        np.testing.assert_array_equal(merged[metric], merged[f"{metric}_history"])
+    np.testing.assert_array_equal(merged.final_anchor_lambda, merged.anchor_lambda_history)
+    table = sweep.comparison()
+    copy_last = sweep.baselines.set_index(["context", "predictor"])
+    row = table[table.reference == "copy_last"].iloc[0]
+    trial = trials[trials.trial_id == row.trial_id].iloc[0]
+    assert row.val_r_at_5_diff == pytest.approx(
+        trial.val_r_at_5 - copy_last.loc[(trial.context, "copy_last"), "val_r_at_5"])
+    below = (trial.val_cos_next < copy_last.loc[(trial.context, "copy_last"), "val_cos_next"]
+             or row.val_r_at_5_diff < 0)
+    assert bool(trial.below_copy_last) == below
+
+
+# ---------------------------------------------------------------------------------------
+# The analyze command, plots, Optuna
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails on anything that is not a PNG."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR", path
+    return struct.unpack(">II", header[16:24])
+
+
+def test_analyze_prints_every_section_and_writes_plots_and_study(sweep_dir, analyzed):
+    code, out, err = analyzed
+    assert code == 0 and err == "", err
+    for title in ("== data signals ==", "== trivial predictors ==", "== baseline cells ==",
+                  "== leaderboard ==", "== best config ==", "== importances ==", "== files =="):
+        assert title in out
+    assert "copy_last" in out and "orth_mean" in out and "larger_context" in out
+    assert "beat all three trivial predictors" in out
+    for name in PLOT_FILES:
+        path = sweep_dir / name
+        assert str(path) in out
+        width, height = png_size(path)
+        assert width > 400 and height > 300 and path.stat().st_size > 20_000, name
+    assert (sweep_dir / "summary.txt").read_text().count("== leaderboard ==") == 1
+
+
+def test_optuna_study_has_every_trial_with_its_state_and_importances(sweep_dir, analyzed):
+    assert analyzed[0] == 0
+    study = optuna.load_study(study_name=sweep_dir.name,
+                              storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    trials = results.load_sweep(sweep_dir).trials
+    assert len(study.trials) == len(trials)
+    states = pd.Series([t.state for t in study.trials]).value_counts()
+    expected = trials.status.map({"complete": TrialState.COMPLETE,
+                                  "stopped_early": TrialState.PRUNED,
+                                  "error": TrialState.FAIL}).value_counts()
+    assert states.to_dict() == expected.to_dict()
+    history = results.load_sweep(sweep_dir).history
+    for trial in study.trials:
+        epochs = history[history.trial_id == trial.user_attrs["trial_id"]]
+        assert trial.intermediate_values == dict(zip(epochs.epoch, epochs.val_margin))
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == epochs.val_margin.iloc[-1]
+    importances = optuna.importance.get_param_importances(study)
+    assert {"margin", "temperature", "anchor_lambda"} <= set(importances)
+    assert sum(importances.values()) == pytest.approx(1.0)
+
+
+def test_analyze_formats_sorting_and_thresholds(sweep_dir, capsys):
+    code, out, _ = run_analyze(capsys, sweep_dir, "--format", "json", "--sort", "val_cos_next",
+                               "--top", "3", "--threshold", "pass_margin=-1",
+                               "--threshold", "pass_cos_next=-1",
+                               "--threshold", "pass_cos_anchor=-1")
+    report = json.loads(out)
+    board = pd.DataFrame(report["leaderboard"])
+    assert code == 0 and len(board) == 3 and board.val_cos_next.is_monotonic_decreasing
+    assert set(board.verdict) == {"PASS"}  # every threshold lowered below any value
+    assert report["best_config"] and report["trivial_predictors"]
+    code, out, _ = run_analyze(capsys, sweep_dir, "--format", "csv")
+    blocks = {block.split("\n", 1)[0]: block.split("\n", 1)[1]
+              for block in out.strip().split("# ")[1:]}
+    leaderboard = pd.read_csv(StringIO(blocks["leaderboard"]))
+    assert code == 0 and {"verdict", "flags", "val_margin"} <= set(leaderboard.columns)
+    assert set(leaderboard.verdict) == {"FAIL"}  # default criteria: no trial passes here
+
+
+def test_analyze_exits_2_with_one_sentence_for_bad_input(sweep_dir, tmp_path, capsys):
+    for args in ([tmp_path], [tmp_path / "missing"], [sweep_dir, "--sort", "val_typo"],
+                 [sweep_dir, "--threshold", "pass_margin"], [sweep_dir, "--top", "0"]):
+        code, out, err = run_analyze(capsys, *args)
+        assert code == 2 and out == "", args
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_export_best_reloads_and_reproduces_its_validation_margin(sweep_dir, tmp_path, capsys):
+    code, out, err = run_analyze(capsys, sweep_dir, "--export-best", tmp_path / "best")
+    assert code == 0, err
+    assert "load_model(" in out
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "best" / "config.json").read_text())
+    best = results.load_sweep(sweep_dir).best_trial()
+    assert config["trial_id"] == best.trial_id and metrics["val_margin"] == best.val_margin
+    model = load_model(tmp_path / "best" / "best.pt")
+    dataset = load_dataset(json.loads((sweep_dir / "sweep.json").read_text())["data"])
+    source = BatchSource(dataset.windows(config["context"], "val"),
+                         device_table(dataset.vectors, "cpu"))
+    again = evaluate(model, source, global_queries=config["global_queries"] or None)
+    assert again["margin"] == pytest.approx(metrics["val_margin"], abs=1e-5)
+    assert again["r_at_5"] == pytest.approx(metrics["val_r_at_5"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Partial and interrupted sweeps
+
+
+def test_a_sweep_without_parquet_files_loads_from_rays_files(sweep_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("*.parquet", "*.png",
+                                                                   "optuna.db"))
+    shutil.copy(sweep_dir / "baselines.parquet", copy)
+    loaded, original = results.load_sweep(copy), results.load_sweep(sweep_dir)
+    assert loaded.source == "ray"
+    key = ["experiment", "trial_id"]
+    pd.testing.assert_frame_equal(
+        loaded.trials.drop(columns="trial_dir").sort_values(key).reset_index(drop=True),
+        original.trials.drop(columns="trial_dir").sort_values(key).reset_index(drop=True))
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            seen.append(line)
+            if text in line:
+                return
+            if not line and process.poll() is not None:
+                break
+    process.kill()
+    pytest.fail(f"sweep never printed {text!r}: {''.join(seen)[-2000:]}")
+
+
+def test_a_sweep_interrupted_with_ctrl_c_reads_as_interrupted(inputs, capsys):
+    process = subprocess.Popen(sweep_command(inputs, "interrupted", "--epochs", "60",
+                                             "--num-samples", "0"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_line(process, "epoch 2/60", timeout=120)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    sweep_dir = inputs["storage"] / "interrupted"
+    trials = results.load_sweep(sweep_dir).trials
+    assert len(trials) >= 1 and "running" not in set(trials.status)
+    assert "interrupted" in set(trials.status), trials[["cell", "status", "epochs_run"]]
+    assert (trials.loc[trials.status == "interrupted", "epochs_run"] < 60).all()
+    assert run_analyze(capsys, sweep_dir)[0] == 0
+    study = optuna.load_study(study_name="interrupted",
+                              storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in study.trials)
+    assert os.path.exists(sweep_dir / "trials.parquet")

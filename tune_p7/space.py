@@ -78,8 +78,9 @@ class SearchSpace:
         return {**self.fixed, **self.profiles[profile].train, **(overrides or {})}
 
     def cell_configs(self, profile: str, overrides: dict | None = None) -> list[dict]:
-        """One full trial config per cell, labelled phase="baseline", cell=<name>."""
-        base = self.base_config(profile, overrides)
+        """One trial config per cell: every TrainConfig field (defaults filled in), labelled
+        phase="baseline", cell=<name>."""
+        base = {**TrainConfig().to_dict(), **self.base_config(profile, overrides)}
         return [{**base, **settings, "phase": "baseline", "cell": name}
                 for name, settings in self.cells.items()]
 
@@ -115,8 +116,8 @@ def check_profile(space: SearchSpace, profile: str, overrides: dict | None = Non
         _check_config(config, name, f"cells.{config['cell']}")
         for param, value_range in space.params.items():
             if not value_range.contains(config[param]):
-                origin = "cells" if param in space.cells[config["cell"]] else "fixed"
-                key = f"cells.{config['cell']}.{param}" if origin == "cells" else f"fixed.{param}"
+                key = (f"cells.{config['cell']}.{param}" if param in space.cells[config["cell"]]
+                       else f"fixed.{param}")
                 raise SpaceError(f"{name}: key '{key}' ({config[param]}) lies outside the "
                                  f"range [{value_range.low}, {value_range.high}] of "
                                  f"'optuna.params.{param}'; move the cell inside or widen "

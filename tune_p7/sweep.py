@@ -21,8 +21,11 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import math
 import os
+import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -247,7 +250,9 @@ def format_plan(plan: dict, options: TrialOptions, address: str | None) -> str:
     most = (len(plan["cells"]) + optuna["trials"]) * epochs
     lines.append(f"  epochs at most {most} ({len(plan['cells'])} cells + {optuna['trials']} "
                  f"trials × {epochs}); ASHA stops some Optuna trials earlier")
-    concurrency = options.max_concurrent or "as many as resources allow"
+    concurrency = options.max_concurrent or (
+        "as many as the cluster allows" if address
+        else f"{max(1, (os.cpu_count() or 1) // options.cpus_per_trial)} (this machine's CPUs)")
     where = address or "a local Ray on 127.0.0.1"
     lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU "
                  f"per trial, concurrency {concurrency}, device {options.device}, worker "
@@ -313,12 +318,16 @@ def start_ray(address: str | None, dashboard: bool) -> None:
     """Connect to ``address`` or start a private local Ray on loopback (no usage stats)."""
     os.environ.update(RAY_ENVIRONMENT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Trial failures are printed by EpochPrinter as one line; the traceback is in error.txt.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     else:
         # address="local": never attach to someone else's `ray start` on this machine.
+        # (Ray 2.60 turns a node ip of 127.0.0.1 into the machine's address, so none is
+        # given; its ports are protected by Ray's token authentication.)
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level="WARNING")
 
 
 def check_shared_storage(storage: Path) -> None:
@@ -464,7 +473,59 @@ def _fit(sweep_dir: Path, tuner, expected: int):
 
 def _restorable(sweep_dir: Path, experiment: str) -> Path | None:
     path = Path(sweep_dir).resolve() / "ray" / experiment
-    return path if path.is_dir() and tune.Tuner.can_restore(str(path)) else None
+    if not path.is_dir():
+        return None
+    repair_experiment_state(path)
+    return path if tune.Tuner.can_restore(str(path)) else None
+
+
+def repair_experiment_state(experiment_dir: Path) -> None:
+    """Undo what a hard kill can leave in Ray's experiment folder before Tuner.restore.
+
+    Ray copies its state files from a staging folder into the storage path; a kill during
+    the copy leaves a truncated file, and Tuner.restore then silently restarts from nothing.
+    Every state file of such a session is removed, so Ray restores from the previous
+    complete snapshot; trial folders that snapshot does not know and whose params.json is
+    truncated (the trial had just been created) are removed too, as Ray will create them again.
+    """
+    sessions = sorted({path.name.split("-", 1)[1].rsplit(".", 1)[0]
+                       for path in experiment_dir.glob("experiment_state-*.json")})
+    for session in reversed(sessions):
+        files = [path for path in experiment_dir.iterdir()
+                 if path.is_file() and session in path.name and not path.name.startswith(".")]
+        if all(_readable(path) for path in files):
+            break
+        for path in files:
+            path.unlink()
+    known = _snapshot_trial_dirs(experiment_dir)
+    for params in experiment_dir.glob("*/params.json"):
+        if params.parent.name not in known and not _readable(params):
+            shutil.rmtree(params.parent)
+
+
+def _readable(path: Path) -> bool:
+    """Whether a state file is complete: it loads as JSON or as a pickle (Ray names some
+    pickles *.json)."""
+    data = path.read_bytes()
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        pickle.loads(data)
+        return True
+    except Exception:  # any failure to unpickle means truncated or corrupt
+        return False
+
+
+def _snapshot_trial_dirs(experiment_dir: Path) -> set[str]:
+    """Trial folder names in the newest experiment_state-*.json (Ray's own layout)."""
+    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not snapshots:
+        return set()
+    trial_data = json.loads(snapshots[-1].read_text()).get("trial_data", [])
+    return {json.loads(entry[0]).get("relative_logdir", "") for entry in trial_data}
 
 
 def run_fixed_trials(sweep_dir: str | Path, experiment: str, configs: list[dict],
@@ -484,11 +545,12 @@ def run_fixed_trials(sweep_dir: str | Path, experiment: str, configs: list[dict]
     options = options or TrialOptions()
     sweep_dir = Path(sweep_dir)
     trainable = _trainable(dataset, options)
+    points = [_execution_settings(_full_config(config), options) for config in configs]
     existing = _restorable(sweep_dir, experiment)
     if existing:
-        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
+                                   param_space=_choices(points))
     else:
-        points = [_execution_settings(_full_config(config), options) for config in configs]
         search = BasicVariantGenerator(points_to_evaluate=points,
                                        max_concurrent=concurrency(options))
         tuner = tune.Tuner(
@@ -509,9 +571,11 @@ def run_optuna_trials(sweep_dir: Path, plan: dict, space: SearchSpace, dataset: 
     """
     trials = plan["optuna"]["trials"]
     trainable = _trainable(dataset, options)
+    base = _execution_settings({**plan["fixed"], "phase": "optuna", "cell": ""}, options)
     existing = _restorable(sweep_dir, "optuna")
     if existing:
-        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
+                                   param_space=base)
         return _fit(sweep_dir, tuner, trials)
     sampler = optuna.samplers.TPESampler(seed=plan["seed"], constant_liar=True,
                                          n_startup_trials=space.startup_trials)
@@ -523,7 +587,6 @@ def run_optuna_trials(sweep_dir: Path, plan: dict, space: SearchSpace, dataset: 
     scheduler = ASHAScheduler(metric=METRIC, mode=MODE, max_t=asha["max_t"],
                               grace_period=asha["grace_period"],
                               reduction_factor=asha["reduction_factor"])
-    base = _execution_settings({**plan["fixed"], "phase": "optuna", "cell": ""}, options)
     tuner = tune.Tuner(
         trainable, param_space=base,
         tune_config=tune.TuneConfig(

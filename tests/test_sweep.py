@@ -1,0 +1,196 @@
+"""python -m tune_p7.sweep end to end with real Ray on tiny data (a few seconds per run).
+
+Each test drives the command as a user would (a subprocess), so Ray starts and stops with it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tune_p7.data import make_synthetic
+from tune_p7.train import TrainConfig
+
+TINY_SPACE = Path(__file__).parent / "sweep" / "tiny.yaml"
+CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context"}
+HISTORY_COLUMNS = {
+    "trial_id", "experiment", "phase", "cell", "epoch", "train_loss", "train_loss_rank",
+    "train_loss_margin", "train_loss_teacher", "train_margin", "train_cos_next",
+    "train_cos_prev", "val_cos_next", "val_cos_prev", "val_margin", "val_cos_anchor",
+    "val_r_at_1", "val_r_at_5", "val_r_at_10", "val_mrr_at_10", "val_global_r_at_1",
+    "val_global_r_at_5", "val_global_r_at_10", "val_global_mrr_at_10", "anchor_lambda",
+    "gate_weight_mean", "seconds", "sequences_per_second"}
+TRIAL_COLUMNS = {
+    "trial_id", "experiment", "phase", "cell", "status", "error", "epochs_run",
+    "stopped_early", "val_margin", "best_val_margin", "best_epoch", "val_cos_next",
+    "val_r_at_5", "train_margin", "seconds"} | set(TrainConfig().to_dict())
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A chunk-level NPZ of 40 short synthetic documents (16-d, ~630 chunks)."""
+    vectors, offsets = make_synthetic(num_docs=40, dim=16, min_chunks=12, max_chunks=20, seed=3)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, vectors=vectors, offsets=offsets)
+    return path
+
+
+def sweep_command(data, storage, name, *extra):
+    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(TINY_SPACE), "--data",
+            str(data), "--storage-path", str(storage), "--name", name, *extra]
+
+
+def run_sweep(command, timeout=150):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def start_sweep(command):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for_line(process, needle, timeout=90):
+    """Read the sweep's output until a line containing ``needle``; returns all lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    process.kill()
+    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
+
+
+def result_files(sweep_dir, trials):
+    """{trial_id: result.json text} of the given trials."""
+    return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
+            for row in trials.itertuples()}
+
+
+def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_data, tmp_path):
+    space = yaml.safe_load(TINY_SPACE.read_text())
+    space["cells"]["diverging"] = {"context": 5, "lr": 1.0e30}  # NaN in the first epoch
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    command = sweep_command(tiny_data, tmp_path, "smoke", "--num-samples", "3")
+    command[command.index(str(TINY_SPACE))] = str(space_file)
+    done = run_sweep(command)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sweep_dir = tmp_path / "smoke"
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    history = pd.read_parquet(sweep_dir / "history.parquet")
+
+    cells = trials[trials.phase == "baseline"].set_index("cell")
+    assert set(cells.index) == CELLS | {"diverging"}
+    assert (cells.loc[list(CELLS), "status"] == "complete").all()
+    assert (cells.loc[list(CELLS), "epochs_run"] == 3).all()
+    assert cells.loc["larger_context", "context"] == 7
+    assert cells.loc["diverging", "status"] == "error"
+    assert "diverged" in cells.loc["diverging", "error"]
+
+    optuna = trials[trials.phase == "optuna"]
+    assert len(optuna) == 3 and (optuna.cell == "").all()
+    assert optuna.status.isin(["complete", "stopped_early"]).all()
+    assert optuna.margin.between(0.02, 0.20).all()
+    assert optuna.temperature.between(0.02, 0.20).all()
+    assert optuna.anchor_lambda.between(0.5, 0.95).all()
+    assert (optuna.epochs_run >= 2).all()  # ASHA's grace period
+    assert (optuna.threads == 1).all()
+
+    assert TRIAL_COLUMNS <= set(trials.columns)
+    assert HISTORY_COLUMNS <= set(history.columns)
+    assert len(history) == trials.epochs_run.sum()
+    baselines = pd.read_parquet(sweep_dir / "baselines.parquet")
+    assert set(zip(baselines.context, baselines.predictor)) == {
+        (k, p) for k in (5, 7) for p in ("copy_last", "context_mean", "orth_mean")}
+    signals = pd.read_parquet(sweep_dir / "data_signals.parquet")
+    assert {"context", "split", "forward_signal", "recency", "coherence", "windows"} <= set(
+        signals.columns)
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
+    assert "top 5 by best val_margin" in done.stdout
+    assert "TPE learns from 3 cells" in done.stdout
+
+
+def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_data, tmp_path):
+    command = sweep_command(tiny_data, tmp_path, "resumed", "--epochs", "6")
+    sweep_dir = tmp_path / "resumed"
+
+    first = start_sweep(command)
+    wait_for_line(first, " done")  # one cell finished, others running
+    first.send_signal(signal.SIGINT)
+    output = first.communicate(timeout=60)[0]
+    assert first.returncode == 130, output
+    assert "--resume" in output
+    assert json.loads((sweep_dir / "sweep.json").read_text())["state"] == "interrupted"
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    finished = trials[trials.status == "complete"]
+    assert len(finished) >= 1 and len(trials) >= 1
+    before = result_files(sweep_dir, finished)
+
+    second = start_sweep(sweep_command(tiny_data, tmp_path, "resumed", "--resume"))
+    wait_for_line(second, "epoch ")  # training again
+    second.kill()  # SIGKILL: no chance to write anything
+    second.wait(timeout=30)
+
+    third = run_sweep(sweep_command(tiny_data, tmp_path, "resumed", "--resume"))
+    assert third.returncode == 0, third.stdout + third.stderr
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    cells = trials[trials.phase == "baseline"]
+    assert set(cells.cell) == CELLS and (cells.status == "complete").all()
+    assert (cells.epochs_run == 6).all()
+    assert len(trials[trials.phase == "optuna"]) == 3
+    assert trials.status.isin(["complete", "stopped_early"]).all()
+    after = result_files(sweep_dir, trials[trials.trial_id.isin(before)])
+    assert after == before  # finished trials kept as they were
+
+
+def test_resume_refuses_a_different_plan(tiny_data, tmp_path):
+    sweep_dir = tmp_path / "planned"
+    sweep_dir.mkdir()
+    arguments = {"space": str(TINY_SPACE), "data": str(tiny_data), "profile": "quick",
+                 "epochs": 6, "num_samples": None, "seed": 0}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"arguments": arguments}))
+    done = run_sweep(sweep_command(tiny_data, tmp_path, "planned", "--epochs", "3", "--dry-run"))
+    assert done.returncode == 2
+    assert "was started with --epochs 6" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_space_error_is_one_sentence_with_exit_code_2(tiny_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_SPACE.read_text().replace("margin:        {low: 0.02, high: 0.20}",
+                                                  "margin:        {low: 0.20, high: 0.02}"))
+    command = sweep_command(tiny_data, tmp_path, "bad")
+    command[command.index(str(TINY_SPACE))] = str(bad)
+    done = run_sweep(command)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: {bad}: key 'optuna.params.margin' has an empty range (low 0.2 is not below "
+        f"high 0.02); make low smaller than high.")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_data, tmp_path, capsys):
+    import ray
+
+    from tune_p7.sweep import main
+
+    assert main(["--space", str(TINY_SPACE), "--data", str(tiny_data), "--storage-path",
+                 str(tmp_path), "--name", "dry", "--dry-run", "--max-concurrent", "2"]) == 0
+    out = capsys.readouterr().out
+    assert not ray.is_initialized()
+    assert not (tmp_path / "dry").exists()
+    for cell in CELLS:
+        assert f"cell {cell}" in out
+    assert "optuna 3 TPE trials" in out and "epochs at most 21" in out
+    assert "concurrency 2" in out and str(tmp_path / "dry") in out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import textwrap
 from pathlib import Path
@@ -102,10 +101,10 @@ def export_best(sweep: results.Sweep, metric: str, folder: str | Path) -> dict:
                 "epoch": int(state["epoch"]), "val_margin": float(metrics["val_margin"]),
                 "trial_id": str(trial["trial_id"]), "sweep": str(sweep.path)},
                folder / "best.pt")
-    labels = {name: _plain(trial[name]) for name in (*results.KEYS, "trial_dir")}
+    labels = {name: results.plain(trial[name]) for name in (*results.KEYS, "trial_dir")}
     (folder / "config.json").write_text(json.dumps(
         {**state["config"], **labels, "dim": dim, "sweep": str(sweep.path)}, indent=2))
-    metrics = {name: _plain(value) for name, value in metrics.items()}
+    metrics = {name: results.plain(value) for name, value in metrics.items()}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -207,7 +206,7 @@ def format_csv(sections: dict) -> str:
 
 def format_json(sections: dict) -> str:
     """One JSON object: {section: [records]}, NaN/NA as null."""
-    return json.dumps({name: [{k: _plain(v) for k, v in row.items()}
+    return json.dumps({name: [{k: results.plain(v) for k, v in row.items()}
                               for row in frame.to_dict(orient="records")]
                        for name, frame in sections.items()}, indent=2)
 
@@ -215,12 +214,6 @@ def format_json(sections: dict) -> str:
 def _float(value: float) -> str:
     return f"{value:.4f}"
 
-
-def _plain(value):
-    """numpy / pandas scalars as JSON-able Python values (NA and NaN as None)."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 # ---------------------------------------------------------------------------------------

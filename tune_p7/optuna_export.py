@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-if TYPE_CHECKING:
-    from tune_p7.results import Sweep
+from tune_p7.results import Sweep, plain
 
 STUDY_FILE = "optuna.db"
 STATES = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED,
@@ -44,7 +42,7 @@ ATTRIBUTES = ("trial_id", "experiment", "phase", "cell", "status", "verdict", "f
               "train_margin")
 
 
-def export_study(sweep: "Sweep", path: str | Path | None = None) -> optuna.Study:
+def export_study(sweep: Sweep, path: str | Path | None = None) -> optuna.Study:
     """Write the sweep's trials as an Optuna study to ``path`` (default sweep/optuna.db).
 
     Returns the study, loaded from the written file. The study name is the sweep folder's.
@@ -96,18 +94,12 @@ def _frozen_trial(trial: pd.Series, history: pd.DataFrame, distributions: dict):
     has_value = state in VALUE_STATES and value is not None and math.isfinite(value)
     if state in VALUE_STATES and not has_value:
         state = TrialState.FAIL  # ended without a finite margin: nothing to rank
-    params = {name: _plain(trial[name]) for name in distributions}
+    params = {name: plain(trial[name]) for name in distributions}
     return create_trial(params=params, distributions=distributions,
                         value=float(value) if has_value else None,
                         intermediate_values=intermediate, state=state,
-                        user_attrs={name: _plain(trial.get(name)) for name in ATTRIBUTES})
+                        user_attrs={name: plain(trial.get(name)) for name in ATTRIBUTES})
 
-
-def _plain(value):
-    """numpy / pandas scalars as JSON-able Python values (NA and NaN as None)."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def importances(study: optuna.Study) -> pd.DataFrame:

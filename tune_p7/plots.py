@@ -9,19 +9,20 @@
 - cos_next_vs_cos_prev.png: final val cos_next against val cos_prev per trial, with the
   Δ = 0 diagonal (above it: closer to the next chunk than to the last context chunk) and
   the trivial predictors of every context marked.
+
+Confirm re-runs (phase "confirm") are not drawn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:
-    from tune_p7.results import Sweep
+from tune_p7.results import Sweep
 
 PLOT_FILES = ("val_margin_by_epoch.png", "val_margin_by_parameter.png",
               "cos_next_vs_cos_prev.png")
@@ -31,12 +32,15 @@ PREDICTOR_STYLE = {"copy_last": ("s", "black"), "context_mean": ("D", "tab:olive
 DPI = 110
 
 
-def write_plots(sweep: "Sweep", folder: str | Path | None = None) -> list[Path]:
+def write_plots(sweep: Sweep, folder: str | Path | None = None) -> list[Path]:
     """Draw the three plots of ``sweep`` into ``folder`` (default: the sweep folder).
 
     Returns the written paths. A sweep with no reported epoch yet still gets every file
     (with a note instead of data), so a dashboard or report never points at a missing file.
+    Confirm re-runs are left out (tune_p7.confirm reports them).
     """
+    sweep = dataclasses.replace(sweep, trials=sweep.trials[sweep.trials["phase"] != "confirm"],
+                                history=sweep.history[sweep.history["phase"] != "confirm"])
     folder = Path(folder or sweep.path)
     folder.mkdir(parents=True, exist_ok=True)
     drawers = (_margin_by_epoch, _margin_by_parameter, _cos_next_vs_cos_prev)
@@ -67,7 +71,7 @@ def _note_if_empty(axes, frame: pd.DataFrame) -> bool:
     return frame.empty
 
 
-def _margin_by_epoch(sweep: "Sweep") -> Figure:
+def _margin_by_epoch(sweep: Sweep) -> Figure:
     """val Δ per epoch per trial (cells coloured), end markers, warm-up and trivial Δ lines."""
     figure = Figure(figsize=(9, 5.5))
     axes = figure.add_subplot()
@@ -116,7 +120,7 @@ def _end_marker(axes, trial: pd.Series, frame: pd.DataFrame) -> None:
                   markeredgewidth=2, zorder=4)
 
 
-def _predictor_lines(axes, sweep: "Sweep") -> None:
+def _predictor_lines(axes, sweep: Sweep) -> None:
     """Dashed horizontal lines at each trivial predictor's val Δ (the sweep's main K)."""
     if sweep.baselines.empty:
         return
@@ -128,7 +132,7 @@ def _predictor_lines(axes, sweep: "Sweep") -> None:
                      label=f"{row['predictor']} (K={context}) {row['val_margin']:+.3f}")
 
 
-def _main_context(sweep: "Sweep") -> int:
+def _main_context(sweep: Sweep) -> int:
     """The context of the Optuna trials (sweep.json), else the most common one."""
     planned = sweep.plan.get("optuna", {}).get("context")
     if planned is not None:
@@ -136,7 +140,7 @@ def _main_context(sweep: "Sweep") -> int:
     return int(sweep.trials["context"].mode().iloc[0])
 
 
-def _margin_by_parameter(sweep: "Sweep") -> Figure:
+def _margin_by_parameter(sweep: Sweep) -> Figure:
     """One panel per searched hyperparameter: final val Δ of every trial against its value."""
     parameters = sweep.parameters() or ["margin"]
     figure = Figure(figsize=(4.2 * len(parameters), 4.2))
@@ -167,7 +171,7 @@ def _margin_by_parameter(sweep: "Sweep") -> Figure:
     return figure
 
 
-def _cos_next_vs_cos_prev(sweep: "Sweep") -> Figure:
+def _cos_next_vs_cos_prev(sweep: Sweep) -> Figure:
     """Final val cos_next vs cos_prev per trial, Δ = 0 diagonal, trivial predictors marked."""
     figure = Figure(figsize=(6.5, 6.5))
     axes = figure.add_subplot()

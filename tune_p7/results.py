@@ -385,13 +385,16 @@ def best_trial(trials: pd.DataFrame, metric: str = "val_margin") -> pd.Series:
 def best_config(trials: pd.DataFrame, metric: str = "val_margin") -> dict:
     """The best trial's TrainConfig fields as plain Python values (TrainConfig.from_dict-able)."""
     trial = best_trial(trials, metric)
-    return {name: _plain(trial[name], type(getattr(TrainConfig(), name)))
+    defaults = TrainConfig()
+    return {name: type(getattr(defaults, name))(plain(trial[name]))
             for name in CONFIG_FIELDS if name in trial.index}
 
 
-def _plain(value, kind: type):
-    """A pandas/numpy scalar as the TrainConfig field's Python type."""
-    return kind(value.item() if hasattr(value, "item") else value)
+def plain(value):
+    """A numpy / pandas scalar as a JSON-able Python value (NA and NaN as None)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def comparison(trials: pd.DataFrame, baselines: pd.DataFrame,

@@ -1,0 +1,114 @@
+"""tune_p7.confirm: confidence intervals by hand, and a real confirm run on a real tiny sweep."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune_p7 import confirm, results
+from tune_p7.data import make_synthetic
+
+SPACE = """
+cells:
+  baseline:       {context: 5, margin: 0.07, anchor_lambda: 0.8}
+  strong_anchor:  {context: 5, margin: 0.07, anchor_lambda: 0.6}
+  higher_margin:  {context: 5, margin: 0.10, anchor_lambda: 0.8}
+  larger_context: {context: 7, margin: 0.07, anchor_lambda: 0.8}
+optuna:
+  params:
+    margin:        {low: 0.02, high: 0.20}
+    temperature:   {low: 0.02, high: 0.20, log: true}
+    anchor_lambda: {low: 0.5, high: 0.95}
+  startup_trials: 1
+fixed: {context: 5, temperature: 0.07, learn_lambda: true, lambda_min: 0.5, lambda_max: 0.95}
+profiles:
+  quick:
+    train: {epochs: 2, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2,
+            global_queries: 256, train_eval_windows: 256}
+    optuna_trials: 1
+    asha: {grace_period: 2, reduction_factor: 2}
+  full:
+    train: {epochs: 2, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2}
+    optuna_trials: 1
+    asha: {grace_period: 2, reduction_factor: 2}
+"""
+
+
+def test_t_interval_matches_the_textbook():
+    stats = confirm.mean_interval(pd.Series([1.0, 2.0, 3.0]))
+    half = 4.303 * 1.0 / math.sqrt(3)                   # t_{0.975, 2} s / sqrt(n)
+    assert stats["mean"] == 2.0 and stats["std"] == 1.0 and stats["seeds_run"] == 3
+    assert (stats["ci_low"], stats["ci_high"]) == pytest.approx((2 - half, 2 + half))
+    assert math.isnan(confirm.mean_interval(pd.Series([0.5]))["ci_low"])
+    assert confirm.t_quantile(30) == 2.042
+    assert confirm.t_quantile(120) == pytest.approx(1.980, abs=0.002)
+    assert confirm.t_quantile(2.7) == 4.303             # fractional df rounds down: wider
+
+
+def test_welch_difference_of_two_samples():
+    a, b = pd.Series([1.0, 2.0, 3.0]), pd.Series([0.0, 0.5, 1.0])
+    va, vb = 1.0 / 3, 0.25 / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)   # 2.94 -> 2
+    half = confirm.t_quantile(math.floor(df)) * math.sqrt(va + vb)
+    diff = confirm.welch_difference(a, b)
+    assert diff["difference"] == 1.5
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((1.5 - half, 1.5 + half))
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory):
+    """A real tiny sweep (4 cells + 1 Optuna trial, 2 epochs), then confirm --top 1 --seeds 2."""
+    folder = tmp_path_factory.mktemp("confirm")
+    (folder / "space.yaml").write_text(SPACE)
+    vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
+    np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
+    sweep = subprocess.run(
+        [sys.executable, "-m", "tune_p7.sweep", "--space", folder / "space.yaml", "--data",
+         folder / "data.npz", "--storage-path", folder, "--name", "s", "--max-concurrent", "2"],
+        capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    before = results.load_sweep(folder / "s").trials
+    run = subprocess.run([sys.executable, "-m", "tune_p7.confirm", folder / "s", "--top", "1",
+                          "--seeds", "2", "--max-concurrent", "2"],
+                         capture_output=True, text=True, timeout=300)
+    return folder / "s", before, run
+
+
+def test_confirm_reruns_top_configs_and_the_cell_on_new_seeds(confirmed):
+    sweep_dir, before, run = confirmed
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials = results.load_sweep(sweep_dir).trials
+    reruns = trials[trials.phase == "confirm"]
+    top = results.leaderboard(before[before.status != "error"], "val_margin").iloc[0]
+    configs = 1 if top.cell == "baseline" else 2
+    assert len(reruns) == 2 * configs and (reruns.status == "complete").all()
+    assert set(reruns.seed) == {int(before.seed.max()) + 1, int(before.seed.max()) + 2}
+    assert "baseline" in set(reruns.cell)
+    assert (reruns.epochs_run == reruns.epochs).all()   # full budget, no ASHA
+
+
+def test_confirm_reports_mean_and_interval_of_the_new_seeds_only(confirmed):
+    sweep_dir, _, run = confirmed
+    table = pd.read_parquet(sweep_dir / confirm.SUMMARY_FILE)
+    trials = results.load_sweep(sweep_dir).trials
+    reruns = trials[trials.phase == "confirm"]
+    cell = table[table.cell == "baseline"].iloc[0]
+    values = reruns.loc[reruns.cell == "baseline", "val_margin"]
+    assert cell.seeds_run == 2 and cell.val_margin_mean == pytest.approx(values.mean())
+    half = 12.706 * values.std(ddof=1) / math.sqrt(2)
+    assert cell.val_margin_ci_high == pytest.approx(values.mean() + half)
+    assert cell.original_val_margin == trials.loc[
+        (trials.phase == "baseline") & (trials.cell == "baseline"), "val_margin"].iloc[0]
+    verdict = run.stdout.strip().splitlines()[-2]
+    assert ("beyond noise" in verdict or "within noise" in verdict
+            or "no searched config beats it" in verdict), verdict
+
+
+def test_confirm_refuses_bad_arguments_with_exit_2(tmp_path, capsys):
+    for args in ([tmp_path], [tmp_path, "--seeds", "0"]):
+        assert confirm.main([str(arg) for arg in args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err

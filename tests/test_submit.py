@@ -22,14 +22,14 @@ import pytest
 
 from tune_p7 import submit
 from tune_p7.results import load_sweep
-from tune_p7.submit import Cluster, UserError
+from tune_p7.submit import PathCheck, UserError
 
 PROJECT = Path(submit.__file__).resolve().parent.parent
 TINY_SPACE = PROJECT / "tests" / "sweep" / "tiny.yaml"  # a 16-wide model: seconds per trial
+REMOTE = "http://10.0.0.1:8265"
+LOCAL = "http://127.0.0.1:8265"
 pytestmark = pytest.mark.filterwarnings(  # inside Ray's own log streaming
     "ignore:ssl=None is deprecated:DeprecationWarning")
-REMOTE = Cluster("http://10.0.0.1:8265", local=False)
-LOCAL = Cluster("http://127.0.0.1:8265", local=True)
 
 
 @pytest.fixture(autouse=True)
@@ -40,14 +40,6 @@ def no_cluster_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def never_connect(monkeypatch):
-    """Fail if a test of a remote-looking address would send traffic anywhere."""
-    def refuse(cluster):
-        raise AssertionError(f"tried to connect to {cluster.address}")
-    monkeypatch.setattr(submit, "connect", refuse)
-
-
 def run_main(capsys, *argv) -> tuple[int, str, str]:
     code = submit.main(list(argv))
     captured = capsys.readouterr()
@@ -55,7 +47,7 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------------------------------
-# Address, paths, runtime env: no cluster needed
+# Address, paths, runtime env, auth: no cluster needed
 
 
 def test_address_is_the_dashboard_url(monkeypatch):
@@ -72,16 +64,15 @@ def test_only_loopback_addresses_count_as_this_machine():
     assert submit.is_loopback("http://127.0.0.1:8265")
     assert submit.is_loopback("http://localhost:8265")
     assert submit.is_loopback("http://[::1]:8265")
-    assert not submit.is_loopback("http://10.0.0.1:8265")
+    assert not submit.is_loopback(REMOTE)
     assert not submit.is_loopback("http://head.example:8265")
 
 
-def test_local_cluster_gets_absolute_paths_a_name_and_address_auto(tmp_path, monkeypatch):
+def test_plan_gives_the_sweep_absolute_paths_a_name_and_address_auto(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "vectors.npz").write_bytes(b"")
     plan = submit.sweep_plan(["--data", "vectors.npz", "--epochs", "2",
                               "--space", str(PROJECT / "search_spaces" / "p7.yaml")],
-                             None, None, LOCAL, PROJECT)
+                             None, None, PROJECT)
     arguments = plan.arguments
     assert arguments[:2] == ["--epochs", "2"]
     assert arguments[arguments.index("--data") + 1] == str(tmp_path / "vectors.npz")
@@ -90,73 +81,52 @@ def test_local_cluster_gets_absolute_paths_a_name_and_address_auto(tmp_path, mon
     assert arguments[-2:] == ["--address", "auto"]
     assert plan.name.startswith("p7-") and arguments[arguments.index("--name") + 1] == plan.name
     assert plan.entrypoint.startswith("python -u -m tune_p7.sweep --epochs 2 ")
-    assert plan.sweep_folder == f"{tmp_path / 'results'}/{plan.name}"
+    assert plan.sweep_folder == tmp_path / "results" / plan.name
+    assert plan.checks == [  # the space travels with the project: nothing to check
+        PathCheck("--storage-path", "results (the default)", tmp_path / "results", "storage"),
+        PathCheck("--data", "vectors.npz", tmp_path / "vectors.npz", "file")]
 
 
-def test_remote_cluster_refuses_a_local_storage_path_in_one_sentence(capsys, tmp_path,
-                                                                      never_connect):
-    code, out, err = run_main(capsys, "--address", REMOTE.address, "--storage-path",
-                              str(tmp_path), "--", "--data", "synthetic")
+def test_plan_checks_a_space_outside_the_project_and_keeps_shipped_data_names(tmp_path):
+    space = tmp_path / "space.yaml"
+    plan = submit.sweep_plan(["--space", str(space), "--data", "synthetic"], "a",
+                             str(tmp_path), PROJECT)
+    assert plan.checks[1:] == [PathCheck("--space", str(space), space, "file")]
+    assert plan.arguments[plan.arguments.index("--data") + 1] == "synthetic"
+    with pytest.raises(UserError, match="--space search_spaces/missing.yaml is not a file"):
+        submit.sweep_plan(["--space", "search_spaces/missing.yaml"], None, None, PROJECT)
+
+
+def test_plan_refuses_urls_and_options_given_twice(tmp_path):
+    with pytest.raises(UserError, match="is a URL, but the sweep uses file paths"):
+        submit.sweep_plan([], None, "s3://bucket/sweeps", PROJECT)
+    with pytest.raises(UserError, match="--data gs://bucket/v.npz is a URL"):
+        submit.sweep_plan(["--data", "gs://bucket/v.npz"], None, None, PROJECT)
+    with pytest.raises(UserError, match="--name is given twice"):
+        submit.sweep_plan(["--name", "b"], "a", None, PROJECT)
+    plan = submit.sweep_plan(["--name", "a", "--storage-path", str(tmp_path)], "a", None,
+                             PROJECT)
+    assert plan.sweep_folder == tmp_path / "a"
+    with pytest.raises(UserError, match="--resume on a cluster needs the --name"):
+        submit.sweep_plan(["--resume"], None, None, PROJECT)
+    assert "--resume" in submit.sweep_plan(["--resume"], "a", None, PROJECT).arguments
+
+
+def test_a_folder_the_cluster_cannot_see_is_refused_in_one_sentence(capsys, tmp_path,
+                                                                     monkeypatch):
+    asked = []
+    monkeypatch.setattr(submit, "connect", lambda address: "client")
+    monkeypatch.setattr(submit, "_ask_cluster",  # a cluster that sees none of our files
+                        lambda client, address, tests: asked.extend(tests) or [False])
+    code, out, err = run_main(capsys, "--address", REMOTE, "--storage-path", str(tmp_path),
+                              "--", "--data", "synthetic")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert f"--storage-path {tmp_path} is a folder of this machine" in err
-    assert "every node mounts" in err
-
-
-def test_remote_cluster_needs_shared_storage(tmp_path, never_connect):
-    with pytest.raises(UserError, match="--storage-path is required"):
-        submit.sweep_plan(["--data", "synthetic"], None, None, REMOTE, PROJECT)
-    with pytest.raises(UserError, match="is a URL, but the sweep writes to a folder"):
-        submit.sweep_plan([], None, "s3://bucket/sweeps", REMOTE, PROJECT)
-    shared = Cluster(REMOTE.address, local=False, shared_fs=True)
-    plan = submit.sweep_plan(["--data", "/shared/vectors.npz"], None, "/shared/sweeps",
-                             shared, PROJECT)
-    assert plan.sweep_folder.startswith("/shared/sweeps/p7-")
-    assert "/shared/vectors.npz" in plan.arguments
-
-
-def test_a_folder_on_a_network_mount_is_shared_storage(tmp_path):
-    mounts = tmp_path / "mounts"
-    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
-                      "nas:/export /mnt/shared\\040sweeps nfs4 rw 0 0\n"
-                      "tmpfs /mnt/shared\\040sweeps/scratch tmpfs rw 0 0\n")
-    assert submit.on_network_file_system(Path("/mnt/shared sweeps/p7"), mounts)
-    assert not submit.on_network_file_system(Path("/mnt/shared sweeps/scratch/x"), mounts)
-    assert not submit.on_network_file_system(Path("/home/me/results"), mounts)
-
-
-def test_remote_cluster_refuses_local_data_and_a_space_outside_the_project(tmp_path,
-                                                                           monkeypatch):
-    monkeypatch.setattr(submit, "on_network_file_system",
-                        lambda path: str(path).startswith("/shared"))
-    data = tmp_path / "vectors.npz"
-    data.write_bytes(b"")
-    with pytest.raises(UserError, match="is a file of this machine, which the cluster"):
-        submit.sweep_plan(["--data", str(data)], None, "/shared", REMOTE, PROJECT)
-    with pytest.raises(UserError, match="is a URL, but the sweep reads a file"):
-        submit.sweep_plan(["--data", "s3://bucket/vectors.npz"], None, "/shared", REMOTE,
-                          PROJECT)
-    space = tmp_path / "space.yaml"
-    space.write_text("cells: {}\n")
-    with pytest.raises(UserError, match="lies outside the project folder"):
-        submit.sweep_plan(["--space", str(space)], None, "/shared", REMOTE, PROJECT)
-    plan = submit.sweep_plan(["--data", "/shared/vectors.npz"], None, "/shared", REMOTE,
-                             PROJECT)
-    assert "/shared/vectors.npz" in plan.arguments
-    with pytest.raises(UserError, match="is not a file"):
-        submit.sweep_plan(["--data", str(tmp_path / "missing.npz")], None, None, LOCAL, PROJECT)
-
-
-def test_name_and_storage_path_are_given_once_and_resume_needs_a_name(tmp_path):
-    with pytest.raises(UserError, match="--name is given twice"):
-        submit.sweep_plan(["--name", "b"], "a", None, LOCAL, PROJECT)
-    plan = submit.sweep_plan(["--name", "a", "--storage-path", str(tmp_path)], "a", None,
-                             LOCAL, PROJECT)
-    assert plan.sweep_folder == f"{tmp_path}/a"
-    with pytest.raises(UserError, match="--resume on a cluster needs the --name"):
-        submit.sweep_plan(["--resume"], None, None, LOCAL, PROJECT)
-    resumed = submit.sweep_plan(["--resume"], "a", None, LOCAL, PROJECT)
-    assert "--resume" in resumed.arguments
+    assert err.startswith(f"error: --storage-path {tmp_path} is a folder of this machine "
+                          f"that the cluster at {REMOTE} cannot see; give a folder on "
+                          f"storage that this machine and every node mount")
+    assert asked[0].startswith(f"test -e {tmp_path}/.tune_p7-submit-")
+    assert list(tmp_path.iterdir()) == []  # the marker is gone
 
 
 def test_runtime_env_uploads_the_project_without_results_and_keeps_the_users_fields(tmp_path):
@@ -317,6 +287,19 @@ def test_failing_job_passes_its_exit_code_and_logs_to_the_user(capsys, head):
     assert f"sweep folder: {head.folder / 'sweeps'}/p7-" in out
     code, out, _ = run_main(capsys, "logs", job_id, "--address", head.address)
     assert code == 0 and "invalid choice: 'no-such-profile'" in out
+    code, out, _ = run_main(capsys, "logs", job_id, "--follow", "--address", head.address)
+    assert code == 2 and "invalid choice: 'no-such-profile'" in out
+
+
+def test_data_the_cluster_cannot_read_is_refused_before_the_sweep_starts(capsys, head):
+    storage = head.folder / "sweeps"
+    code, out, err = run_main(capsys, "--address", head.address, "--storage-path",
+                              str(storage), "--", "--data", str(head.folder / "missing.npz"))
+    assert code == 2 and out == ""
+    assert err == (f"error: --data {head.folder / 'missing.npz'} cannot be read on the "
+                   f"cluster at {head.address}; put it on storage every node mounts and "
+                   f"pass that path.\n")
+    assert not list(storage.glob(".tune_p7-submit-*"))
 
 
 def test_stop_ends_a_running_job_and_unknown_jobs_are_named(capsys, head):

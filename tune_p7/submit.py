@@ -7,9 +7,11 @@
 The job runs ``python -u -m tune_p7.sweep <arguments> --address auto`` on the cluster, with
 this project folder as its working directory (Ray uploads it without results, caches, .git
 and virtualenvs), so the driver and every trial import this very tune_p7; the cluster's
-``python`` must have the dependencies (docs/cluster.md). The cluster reads ``--data`` and
-writes ``--storage-path`` where it runs, so both are checked before submitting: a folder of
-this machine is only good for a cluster on this machine, unless every node mounts it.
+``python`` must have the dependencies (docs/cluster.md). Before that, one tiny job checks
+on the cluster that it sees the same ``--storage-path`` folder as this machine (a marker
+file written here must be visible there) and can read ``--data``: a folder of this machine
+is refused unless it is shared storage. An address tells nothing about this (an SSH tunnel
+or a port-forward makes a remote head look like 127.0.0.1), so the cluster is asked.
 Ray's token authentication follows the cluster (``RAY_AUTH_MODE``, docs/cluster.md).
 """
 
@@ -20,13 +22,16 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
+import secrets
 import shlex
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,14 +45,10 @@ JOB_COMMANDS = ("status", "logs", "stop")
 # Never uploaded with the project (gitignore patterns; Ray also honours .gitignore).
 UPLOAD_EXCLUDES = ["/results/", ".git", ".venv/", "venv/", "__pycache__/", ".pytest_cache/",
                    ".cache/", "*.egg-info/", "/build/", "/dist/"]
-# File systems that other machines mount too: a folder on one of them is shared storage.
-NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph",
-                        "glusterfs", "fuse.glusterfs", "fuse.cephfs", "fuse.juicefs",
-                        "fuse.gcsfuse", "fuse.s3fs", "fuse.mountpoint-s3", "wekafs", "panfs"}
-MOUNTS = Path("/proc/mounts")
 TOKEN_FILE = Path("~/.ray/auth_token")
-SHARED_HINT = ("a folder every node mounts (NFS, Lustre, a mounted bucket), with --shared-fs "
-               "if this machine does not mount it")
+PATH_CHECK_SECONDS = 120
+SHARED_HINT = ("give a folder on storage that this machine and every node mount (NFS, "
+               "Lustre, a mounted bucket), or --skip-path-check if only the cluster mounts it")
 
 
 class UserError(Exception):
@@ -55,34 +56,37 @@ class UserError(Exception):
 
 
 @dataclass(frozen=True)
-class Cluster:
-    """Where the job goes and what its nodes can read.
+class PathCheck:
+    """A path the job needs, to be checked on the cluster before submitting.
 
-    address: the head node's dashboard (Ray Jobs) URL, e.g. http://127.0.0.1:8265.
-    local: the address is this machine's loopback, so this machine's folders are the head's.
-    shared_fs: the user vouches that absolute paths are on a file system every node mounts.
+    flag/given: the option and its value as the user wrote it (for messages).
+    path: the absolute path the sweep receives.
+    kind: "storage" (the sweep writes there: the cluster must see this machine's folder)
+        or "file" (the sweep reads it on the cluster).
     """
 
-    address: str
-    local: bool
-    shared_fs: bool = False
+    flag: str
+    given: str
+    path: Path
+    kind: str
 
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """The sweep as it runs on the cluster: its arguments and where its folder lands."""
+    """The sweep as it runs on the cluster: its arguments, its folder, the paths to check."""
 
     arguments: list[str]
     name: str
-    storage_path: str
+    storage_path: Path
+    checks: list[PathCheck] = field(default_factory=list)
 
     @property
     def entrypoint(self) -> str:
         return f"{SWEEP_ENTRYPOINT} {shlex.join(self.arguments)}"
 
     @property
-    def sweep_folder(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+    def sweep_folder(self) -> Path:
+        return self.storage_path / self.name
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,10 +99,7 @@ def dashboard_address(value: str | None) -> str:
     if not value:
         raise UserError("No cluster given: pass --address http://HEAD:8265 (the head node's "
                         "dashboard) or set RAY_API_SERVER_ADDRESS.")
-    if value == "auto" or value.startswith("ray://"):
-        raise UserError(f"--address {value} is not a dashboard address; pass the head node's "
-                        f"Ray Jobs endpoint, e.g. http://HEAD:8265.")
-    if "://" not in value:
+    if "://" not in value and value != "auto":
         value = f"http://{value}"
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -158,7 +159,7 @@ def client_token() -> tuple[str, str] | None:
     return (token, str(path)) if token else None
 
 
-def auth_headers(cluster: Cluster, cluster_mode: str, client_mode: str | None,
+def auth_headers(address: str, cluster_mode: str, client_mode: str | None,
                  token: tuple[str, str] | None) -> dict[str, str]:
     """HTTP headers that authenticate this client the way the cluster wants.
 
@@ -166,25 +167,25 @@ def auth_headers(cluster: Cluster, cluster_mode: str, client_mode: str | None,
     """
     if cluster_mode != "token":
         if client_mode == "token":
-            _note(f"RAY_AUTH_MODE=token here, but the cluster at {cluster.address} does not "
-                  f"use token authentication; submitting without a token.")
-        elif not cluster.local:
-            _note(f"the cluster at {cluster.address} has token authentication off: anyone "
-                  f"who reaches its dashboard can run code on it (docs/cluster.md, Security).")
+            _note(f"RAY_AUTH_MODE=token here, but the cluster at {address} does not use "
+                  f"token authentication; submitting without a token.")
+        elif not is_loopback(address):
+            _note(f"the cluster at {address} has token authentication off: anyone who "
+                  f"reaches its dashboard can run code on it (docs/cluster.md, Security).")
         return {}
     if client_mode is not None and client_mode.lower() != "token":
-        raise UserError(f"The cluster at {cluster.address} requires token authentication but "
+        raise UserError(f"The cluster at {address} requires token authentication but "
                         f"RAY_AUTH_MODE={client_mode} here; unset RAY_AUTH_MODE or set it to "
                         f"token.")
     if token is None:
-        raise UserError(f"The cluster at {cluster.address} requires token authentication and "
-                        f"no token was found here; put the cluster's token (`ray "
-                        f"get-auth-token` on its head node) in ~/.ray/auth_token, in a file "
-                        f"named by RAY_AUTH_TOKEN_PATH, or in RAY_AUTH_TOKEN.")
+        raise UserError(f"The cluster at {address} requires token authentication and no "
+                        f"token was found here; put the cluster's token (`ray get-auth-token` "
+                        f"on its head node) in ~/.ray/auth_token, in a file named by "
+                        f"RAY_AUTH_TOKEN_PATH, or in RAY_AUTH_TOKEN.")
     return {"Authorization": f"Bearer {token[0]}"}
 
 
-def connect(cluster: Cluster):
+def connect(address: str):
     """A JobSubmissionClient for the cluster, authenticated as the cluster requires."""
     try:
         from ray.exceptions import AuthenticationError
@@ -194,19 +195,18 @@ def connect(cluster: Cluster):
                         "pip install -e '.[cluster]' (ray[default]).") from None
     logging.getLogger("ray").setLevel(logging.WARNING)  # not its INFO lines on packaging
     token = client_token()
-    headers = auth_headers(cluster, cluster_auth_mode(cluster.address),
+    headers = auth_headers(address, cluster_auth_mode(address),
                            os.environ.get("RAY_AUTH_MODE"), token)
     try:
-        return JobSubmissionClient(cluster.address, headers=headers)
+        return JobSubmissionClient(address, headers=headers)
     except AuthenticationError:
         source = token[1] if token else "nowhere"
-        raise UserError(f"The cluster at {cluster.address} rejected the token from {source}; "
-                        f"use the token the cluster was started with (`ray get-auth-token` "
-                        f"on its head node).") from None
+        raise UserError(f"The cluster at {address} rejected the token from {source}; use the "
+                        f"token the cluster was started with (`ray get-auth-token` on its "
+                        f"head node).") from None
     except (ConnectionError, RuntimeError) as error:
-        raise UserError(f"The Ray Jobs endpoint at {cluster.address} failed "
-                        f"({_first_line(error)}); check that --address is the head node's "
-                        f"dashboard.") from None
+        raise UserError(f"The Ray Jobs endpoint at {address} failed ({_first_line(error)}); "
+                        f"check that --address is the head node's dashboard.") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,27 +223,35 @@ def project_folder() -> Path:
 
 
 def sweep_plan(sweep_arguments: list[str], name: str | None, storage_path: str | None,
-               cluster: Cluster, project: Path) -> SweepPlan:
-    """The sweep's arguments with paths the cluster can use, a name, and ``--address auto``.
+               project: Path) -> SweepPlan:
+    """The sweep's arguments with absolute paths, a name and ``--address auto``.
 
     name/storage_path come from submit's own options; each may also be given after ``--``.
+    A --space inside the project travels with it (relative path); other paths are checked
+    on the cluster (SweepPlan.checks).
     """
     given, rest = _path_arguments().parse_known_args(sweep_arguments)
     name = _once("--name", name, given.name)
-    storage_path = _once("--storage-path", storage_path, given.storage_path)
+    storage_given = _once("--storage-path", storage_path, given.storage_path)
     if name is None:
         if "--resume" in rest:
             raise UserError("--resume on a cluster needs the --name of the sweep to continue.")
         name = datetime.now().strftime("p7-%Y%m%d-%H%M%S")
-    storage_path = storage_location(storage_path, cluster)
-    arguments = rest + ["--name", name, "--storage-path", storage_path]
-    if given.data is not None:
-        arguments += ["--data", data_location(given.data, cluster)]
+    storage = _local_path("--storage-path", storage_given or "results")
+    checks = [PathCheck("--storage-path", storage_given or "results (the default)", storage,
+                        "storage")]
+    arguments = rest + ["--name", name, "--storage-path", str(storage)]
+    if given.data in ("default", "synthetic"):
+        arguments += ["--data", given.data]
+    elif given.data is not None:
+        data = _local_path("--data", given.data)
+        checks.append(PathCheck("--data", given.data, data, "file"))
+        arguments += ["--data", str(data)]
     if given.space is not None:
-        arguments += ["--space", space_location(given.space, cluster, project)]
+        arguments += ["--space", _space_argument(given.space, project, checks)]
     if not any(arg == "--address" or arg.startswith("--address=") for arg in rest):
         arguments += ["--address", "auto"]
-    return SweepPlan(arguments, name, storage_path)
+    return SweepPlan(arguments, name, storage, checks)
 
 
 def _path_arguments() -> argparse.ArgumentParser:
@@ -261,78 +269,83 @@ def _once(flag: str, before: str | None, after: str | None) -> str | None:
     return before if before is not None else after
 
 
-def storage_location(value: str | None, cluster: Cluster) -> str:
-    """An absolute folder the cluster can write (the sweep writes folders, not URIs)."""
-    if value is None:
-        if cluster.local:
-            return str(Path("results").resolve())
-        raise UserError(f"--storage-path is required with the cluster at {cluster.address}: "
-                        f"give {SHARED_HINT}.")
-    if _is_url(value):
-        raise UserError(f"--storage-path {value} is a URL, but the sweep writes to a folder; "
-                        f"give {SHARED_HINT}.")
-    path = _absolute(value)
-    if cluster.local or cluster.shared_fs or on_network_file_system(path):
+def _local_path(flag: str, value: str) -> Path:
+    """An absolute path (relative ones are relative to this shell's directory)."""
+    if "://" in value and not value.startswith("file://"):
+        raise UserError(f"{flag} {value} is a URL, but the sweep uses file paths; {SHARED_HINT}.")
+    return Path(value.removeprefix("file://")).expanduser().resolve()
+
+
+def _space_argument(value: str, project: Path, checks: list[PathCheck]) -> str:
+    """--space for the job: relative when it travels with the project, else checked."""
+    path = _local_path("--space", value)
+    if not path.is_relative_to(project):
+        checks.append(PathCheck("--space", value, path, "file"))
         return str(path)
-    raise UserError(f"--storage-path {value} is a folder of this machine, which the cluster "
-                    f"at {cluster.address} cannot write; give {SHARED_HINT}.")
-
-
-def data_location(value: str, cluster: Cluster) -> str:
-    """'default', 'synthetic', or an absolute path to a file the cluster can read."""
-    if value in ("default", "synthetic"):
-        return value
-    if _is_url(value):
-        raise UserError(f"--data {value} is a URL, but the sweep reads a file; copy it to "
-                        f"{SHARED_HINT}.")
-    path = _absolute(value)
-    if cluster.local and not path.is_file():
-        raise UserError(f"--data {value} is not a file; pass an .npz file, default or "
-                        f"synthetic.")
-    if cluster.local or cluster.shared_fs or on_network_file_system(path):
-        return str(path)
-    raise UserError(f"--data {value} is a file of this machine, which the cluster at "
-                    f"{cluster.address} cannot read; put it in {SHARED_HINT}.")
-
-
-def space_location(value: str, cluster: Cluster, project: Path) -> str:
-    """A search space path the job can open: relative when uploaded with the project."""
-    path = _absolute(value)
-    if not cluster.shared_fs and not path.is_file():
+    if not path.is_file():
         raise UserError(f"--space {value} is not a file; pass a search space YAML such as "
                         f"search_spaces/p7.yaml.")
-    if path.is_relative_to(project):
-        return str(path.relative_to(project))
-    if cluster.local or cluster.shared_fs or on_network_file_system(path):
-        return str(path)
-    raise UserError(f"--space {value} lies outside the project folder, which is all the "
-                    f"cluster at {cluster.address} receives; copy it into "
-                    f"{project / 'search_spaces'}.")
+    return str(path.relative_to(project))
 
 
-def on_network_file_system(path: Path, mounts: Path = MOUNTS) -> bool:
-    """Whether ``path`` lies on a network file system mounted here (see NETWORK_FILE_SYSTEMS)."""
+def check_paths(client, address: str, checks: list[PathCheck]) -> None:
+    """Refuse paths the cluster cannot use, asking the cluster itself with one tiny job.
+
+    The job runs where the sweep's driver will, on the head node. A storage folder passes
+    when a marker file written here is visible and the folder writable there; a file
+    passes when it is readable there.
+    """
+    markers = {check: _place_marker(check) for check in checks if check.kind == "storage"}
+    tests = [f"test -e {shlex.quote(str(markers[check]))} -a -w {shlex.quote(str(check.path))}"
+             if check.kind == "storage" else f"test -r {shlex.quote(str(check.path))}"
+             for check in checks]
     try:
-        lines = mounts.read_text().splitlines()
-    except OSError:
-        return False
-    best_point, best_type = "", ""
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        if path.is_relative_to(point) and len(point) > len(best_point):
-            best_point, best_type = point, fields[2]
-    return best_type in NETWORK_FILE_SYSTEMS
+        answers = _ask_cluster(client, address, tests)
+    finally:
+        for marker in markers.values():
+            marker.unlink(missing_ok=True)
+    for check, answer in zip(checks, answers):
+        if not answer:
+            raise UserError(_unreachable(check, address))
 
 
-def _is_url(value: str) -> bool:
-    return "://" in value and not value.startswith("file://")
+def _place_marker(check: PathCheck) -> Path:
+    try:
+        check.path.mkdir(parents=True, exist_ok=True)
+        marker = check.path / f".tune_p7-submit-{secrets.token_hex(4)}"
+        marker.write_text("tune_p7.submit path check\n")
+    except OSError as error:
+        raise UserError(f"{check.flag} {check.given} cannot be written on this machine "
+                        f"({error.strerror}); {SHARED_HINT}.") from None
+    return marker
 
 
-def _absolute(value: str) -> Path:
-    return Path(value.removeprefix("file://")).expanduser().resolve()
+def _ask_cluster(client, address: str, tests: list[str]) -> list[bool]:
+    """Run shell tests as one job on the cluster; True for each that passed."""
+    script = "; ".join(f"if {test}; then r=yes; else r=no; fi; echo tune_p7-path-{index}=$r"
+                       for index, test in enumerate(tests))
+    job_id = client.submit_job(entrypoint=script,
+                               metadata={"job_name": "tune_p7 submit: path check"})
+    info = _wait_until_finished(client, job_id, PATH_CHECK_SECONDS)
+    answers = dict(re.findall(r"^tune_p7-path-(\d+)=(yes|no)$", client.get_job_logs(job_id),
+                              re.MULTILINE))
+    if info is None or info.status != "SUCCEEDED" or len(answers) != len(tests):
+        outcome = "did not finish" if info is None else f"ended {info.status}"
+        raise UserError(f"The path check job {job_id} on the cluster at {address} {outcome}; "
+                        f"see `python -m tune_p7.submit logs {job_id}`, or pass "
+                        f"--skip-path-check.")
+    return [answers[str(index)] == "yes" for index in range(len(tests))]
+
+
+def _unreachable(check: PathCheck, address: str) -> str:
+    if check.kind == "storage":
+        return (f"--storage-path {check.given} is a folder of this machine that the cluster "
+                f"at {address} cannot see; {SHARED_HINT}.")
+    if check.flag == "--space":
+        return (f"--space {check.given} lies outside the project folder and the cluster at "
+                f"{address} cannot read it; copy it into search_spaces/ of the project.")
+    return (f"--data {check.given} cannot be read on the cluster at {address}; put it on "
+            f"storage every node mounts and pass that path.")
 
 
 def runtime_env(project: Path, env_file: str | None) -> dict:
@@ -366,22 +379,23 @@ def read_runtime_env(path: str) -> dict:
 def submit(options: argparse.Namespace, sweep_arguments: list[str]) -> int:
     """Check everything, submit the sweep job, print its id, and follow it unless --no-wait."""
     address = dashboard_address(options.address)
-    cluster = Cluster(address, is_loopback(address), options.shared_fs)
     project = project_folder()
-    plan = sweep_plan(sweep_arguments, options.name, options.storage_path, cluster, project)
+    plan = sweep_plan(sweep_arguments, options.name, options.storage_path, project)
     env = runtime_env(project, options.runtime_env)
-    client = connect(cluster)
+    client = connect(address)
+    if not options.skip_path_check:
+        check_paths(client, address, plan.checks)
     try:
         job_id = client.submit_job(
             entrypoint=plan.entrypoint, runtime_env=env,
             entrypoint_num_cpus=options.entrypoint_num_cpus,
             metadata={"job_name": f"tune_p7 sweep {plan.name}",
-                      "tune_p7_sweep_folder": plan.sweep_folder})
+                      "tune_p7_sweep_folder": str(plan.sweep_folder)})
     except (RuntimeError, ValueError) as error:
         raise UserError(f"The cluster at {address} refused the job ({_first_line(error)}); "
                         f"check --runtime-env and the cluster's log.") from None
     print(job_id, flush=True)
-    _note(f"submitted {job_id}; results land in {plan.sweep_folder} (on the cluster)")
+    _note(f"submitted {job_id}; results land in {plan.sweep_folder}")
     if not options.wait:
         _note(f"follow it with: python -m tune_p7.submit logs {job_id} --follow "
               f"--address {address}")
@@ -411,13 +425,15 @@ async def _print_log_stream(client, job_id: str) -> None:
         sys.stdout.flush()
 
 
-def _wait_until_finished(client, job_id: str, poll_seconds: float = 1.0):
-    """The job's final JobDetails (the log stream can end a moment before the status)."""
-    while True:
+def _wait_until_finished(client, job_id: str, seconds: float = math.inf):
+    """The job's final JobDetails, or None after ``seconds`` (polled twice a second)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         info = client.get_job_info(job_id)
         if info.status.is_terminal():
             return info
-        time.sleep(poll_seconds)
+        time.sleep(0.5)
+    return None
 
 
 def job_exit_code(status: str, driver_exit_code: int | None) -> int:
@@ -468,7 +484,7 @@ def job_stop(options: argparse.Namespace) -> int:
 def _job(options: argparse.Namespace):
     """(client, JobDetails) of options.job; an unknown job is a user error."""
     address = dashboard_address(options.address)
-    client = connect(Cluster(address, is_loopback(address)))
+    client = connect(address)
     try:
         return client, client.get_job_info(options.job)
     except RuntimeError as error:
@@ -510,14 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "print the job id and return")
     parser.add_argument("--name", help="sweep folder name (default p7-<date>-<time>)")
     parser.add_argument("--storage-path",
-                        help="folder that receives the sweep folder, on storage every node "
-                             "mounts (default for a cluster on this machine: ./results)")
+                        help="folder that receives the sweep folder, on storage this machine "
+                             "and every node mount (default ./results: a cluster on this "
+                             "machine only)")
     parser.add_argument("--runtime-env", metavar="FILE",
                         help="YAML runtime_env fields for the job, e.g. pip or env_vars "
                              "(deploy/runtime-env.yaml)")
-    parser.add_argument("--shared-fs", action="store_true",
-                        help="absolute --data/--storage-path/--space paths are on a file "
-                             "system every node mounts; skip the check from this machine")
+    parser.add_argument("--skip-path-check", action="store_true",
+                        help="do not check on the cluster that it sees this machine's "
+                             "--storage-path folder and can read --data (for storage only "
+                             "the cluster mounts; give absolute paths)")
     parser.add_argument("--entrypoint-num-cpus", type=float, default=0,
                         help="CPUs reserved for the sweep's driver; 0 (default) runs it on "
                              "the head node without taking a CPU from the trials")

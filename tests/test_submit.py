@@ -112,6 +112,14 @@ def test_plan_refuses_urls_and_options_given_twice(tmp_path):
     assert "--resume" in submit.sweep_plan(["--resume"], "a", None, PROJECT).arguments
 
 
+def test_remote_storage_is_an_absolute_folder_checked_only_on_the_cluster():
+    plan = submit.sweep_plan([], None, "/mnt/sweeps", PROJECT, remote_storage=True)
+    assert plan.checks == [PathCheck("--storage-path", "/mnt/sweeps", Path("/mnt/sweeps"),
+                                     "remote-storage")]
+    with pytest.raises(UserError, match="--remote-storage needs --storage-path as an absolute"):
+        submit.sweep_plan([], None, "sweeps", PROJECT, remote_storage=True)
+
+
 def test_a_folder_the_cluster_cannot_see_is_refused_in_one_sentence(capsys, tmp_path,
                                                                      monkeypatch):
     asked = []
@@ -291,7 +299,7 @@ def test_failing_job_passes_its_exit_code_and_logs_to_the_user(capsys, head):
     assert code == 2 and "invalid choice: 'no-such-profile'" in out
 
 
-def test_data_the_cluster_cannot_read_is_refused_before_the_sweep_starts(capsys, head):
+def test_paths_the_cluster_cannot_use_are_refused_before_the_sweep_starts(capsys, head):
     storage = head.folder / "sweeps"
     code, out, err = run_main(capsys, "--address", head.address, "--storage-path",
                               str(storage), "--", "--data", str(head.folder / "missing.npz"))
@@ -300,6 +308,12 @@ def test_data_the_cluster_cannot_read_is_refused_before_the_sweep_starts(capsys,
                    f"cluster at {head.address}; put it on storage every node mounts and "
                    f"pass that path.\n")
     assert not list(storage.glob(".tune_p7-submit-*"))
+    code, out, err = run_main(capsys, "--address", head.address, "--remote-storage",
+                              "--storage-path", "/proc/tp7/sweeps", "--", "--data", "synthetic")
+    assert code == 2 and err == (
+        f"error: --storage-path /proc/tp7/sweeps cannot be created or written on the cluster "
+        f"at {head.address}; give a folder that every node mounts and the cluster's user may "
+        f"write.\n")
 
 
 def test_stop_ends_a_running_job_and_unknown_jobs_are_named(capsys, head):

@@ -10,8 +10,9 @@ and virtualenvs), so the driver and every trial import this very tune_p7; the cl
 ``python`` must have the dependencies (docs/cluster.md). Before that, one tiny job checks
 on the cluster that it sees the same ``--storage-path`` folder as this machine (a marker
 file written here must be visible there) and can read ``--data``: a folder of this machine
-is refused unless it is shared storage. An address tells nothing about this (an SSH tunnel
-or a port-forward makes a remote head look like 127.0.0.1), so the cluster is asked.
+is refused unless it is shared storage (or ``--remote-storage`` says it exists only on the
+cluster). An address tells nothing about this (an SSH tunnel or a port-forward makes a
+remote head look like 127.0.0.1), so the cluster is asked.
 Ray's token authentication follows the cluster (``RAY_AUTH_MODE``, docs/cluster.md).
 """
 
@@ -48,7 +49,8 @@ UPLOAD_EXCLUDES = ["/results/", ".git", ".venv/", "venv/", "__pycache__/", ".pyt
 TOKEN_FILE = Path("~/.ray/auth_token")
 PATH_CHECK_SECONDS = 120
 SHARED_HINT = ("give a folder on storage that this machine and every node mount (NFS, "
-               "Lustre, a mounted bucket), or --skip-path-check if only the cluster mounts it")
+               "Lustre, a mounted bucket), or add --remote-storage if only the cluster "
+               "mounts it")
 
 
 class UserError(Exception):
@@ -61,7 +63,8 @@ class PathCheck:
 
     flag/given: the option and its value as the user wrote it (for messages).
     path: the absolute path the sweep receives.
-    kind: "storage" (the sweep writes there: the cluster must see this machine's folder)
+    kind: "storage" (the sweep writes there: the cluster must see this machine's folder),
+        "remote-storage" (a folder only the cluster mounts: it must be writable there)
         or "file" (the sweep reads it on the cluster).
     """
 
@@ -223,12 +226,13 @@ def project_folder() -> Path:
 
 
 def sweep_plan(sweep_arguments: list[str], name: str | None, storage_path: str | None,
-               project: Path) -> SweepPlan:
+               project: Path, remote_storage: bool = False) -> SweepPlan:
     """The sweep's arguments with absolute paths, a name and ``--address auto``.
 
     name/storage_path come from submit's own options; each may also be given after ``--``.
     A --space inside the project travels with it (relative path); other paths are checked
-    on the cluster (SweepPlan.checks).
+    on the cluster (SweepPlan.checks). remote_storage: the storage folder exists only on
+    the cluster, so it must be given as an absolute path.
     """
     given, rest = _path_arguments().parse_known_args(sweep_arguments)
     name = _once("--name", name, given.name)
@@ -237,9 +241,12 @@ def sweep_plan(sweep_arguments: list[str], name: str | None, storage_path: str |
         if "--resume" in rest:
             raise UserError("--resume on a cluster needs the --name of the sweep to continue.")
         name = datetime.now().strftime("p7-%Y%m%d-%H%M%S")
+    if remote_storage and not (storage_given and Path(storage_given).is_absolute()):
+        raise UserError("--remote-storage needs --storage-path as an absolute path on the "
+                        "cluster, e.g. /mnt/sweeps.")
     storage = _local_path("--storage-path", storage_given or "results")
     checks = [PathCheck("--storage-path", storage_given or "results (the default)", storage,
-                        "storage")]
+                        "remote-storage" if remote_storage else "storage")]
     arguments = rest + ["--name", name, "--storage-path", str(storage)]
     if given.data in ("default", "synthetic"):
         arguments += ["--data", given.data]
@@ -292,13 +299,12 @@ def check_paths(client, address: str, checks: list[PathCheck]) -> None:
     """Refuse paths the cluster cannot use, asking the cluster itself with one tiny job.
 
     The job runs where the sweep's driver will, on the head node. A storage folder passes
-    when a marker file written here is visible and the folder writable there; a file
-    passes when it is readable there.
+    when a marker file written here is visible and the folder writable there (a remote
+    storage folder: when it can be created and written there); a file passes when it is
+    readable there.
     """
     markers = {check: _place_marker(check) for check in checks if check.kind == "storage"}
-    tests = [f"test -e {shlex.quote(str(markers[check]))} -a -w {shlex.quote(str(check.path))}"
-             if check.kind == "storage" else f"test -r {shlex.quote(str(check.path))}"
-             for check in checks]
+    tests = [_shell_test(check, markers.get(check)) for check in checks]
     try:
         answers = _ask_cluster(client, address, tests)
     finally:
@@ -307,6 +313,15 @@ def check_paths(client, address: str, checks: list[PathCheck]) -> None:
     for check, answer in zip(checks, answers):
         if not answer:
             raise UserError(_unreachable(check, address))
+
+
+def _shell_test(check: PathCheck, marker: Path | None) -> str:
+    path = shlex.quote(str(check.path))
+    if check.kind == "storage":
+        return f"test -e {shlex.quote(str(marker))} -a -w {path}"
+    if check.kind == "remote-storage":
+        return f"mkdir -p {path} 2>/dev/null && test -w {path}"
+    return f"test -r {path}"
 
 
 def _place_marker(check: PathCheck) -> Path:
@@ -332,8 +347,7 @@ def _ask_cluster(client, address: str, tests: list[str]) -> list[bool]:
     if info is None or info.status != "SUCCEEDED" or len(answers) != len(tests):
         outcome = "did not finish" if info is None else f"ended {info.status}"
         raise UserError(f"The path check job {job_id} on the cluster at {address} {outcome}; "
-                        f"see `python -m tune_p7.submit logs {job_id}`, or pass "
-                        f"--skip-path-check.")
+                        f"see `python -m tune_p7.submit logs {job_id}` for why.")
     return [answers[str(index)] == "yes" for index in range(len(tests))]
 
 
@@ -341,6 +355,10 @@ def _unreachable(check: PathCheck, address: str) -> str:
     if check.kind == "storage":
         return (f"--storage-path {check.given} is a folder of this machine that the cluster "
                 f"at {address} cannot see; {SHARED_HINT}.")
+    if check.kind == "remote-storage":
+        return (f"--storage-path {check.given} cannot be created or written on the cluster "
+                f"at {address}; give a folder that every node mounts and the cluster's user "
+                f"may write.")
     if check.flag == "--space":
         return (f"--space {check.given} lies outside the project folder and the cluster at "
                 f"{address} cannot read it; copy it into search_spaces/ of the project.")
@@ -380,11 +398,11 @@ def submit(options: argparse.Namespace, sweep_arguments: list[str]) -> int:
     """Check everything, submit the sweep job, print its id, and follow it unless --no-wait."""
     address = dashboard_address(options.address)
     project = project_folder()
-    plan = sweep_plan(sweep_arguments, options.name, options.storage_path, project)
+    plan = sweep_plan(sweep_arguments, options.name, options.storage_path, project,
+                      options.remote_storage)
     env = runtime_env(project, options.runtime_env)
     client = connect(address)
-    if not options.skip_path_check:
-        check_paths(client, address, plan.checks)
+    check_paths(client, address, plan.checks)
     try:
         job_id = client.submit_job(
             entrypoint=plan.entrypoint, runtime_env=env,
@@ -532,10 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime-env", metavar="FILE",
                         help="YAML runtime_env fields for the job, e.g. pip or env_vars "
                              "(deploy/runtime-env.yaml)")
-    parser.add_argument("--skip-path-check", action="store_true",
-                        help="do not check on the cluster that it sees this machine's "
-                             "--storage-path folder and can read --data (for storage only "
-                             "the cluster mounts; give absolute paths)")
+    parser.add_argument("--remote-storage", action="store_true",
+                        help="--storage-path is a folder only the cluster mounts: check it "
+                             "there, not here (read the results on the cluster)")
     parser.add_argument("--entrypoint-num-cpus", type=float, default=0,
                         help="CPUs reserved for the sweep's driver; 0 (default) runs it on "
                              "the head node without taking a CPU from the trials")

@@ -298,3 +298,17 @@ def test_a_sweep_interrupted_with_ctrl_c_reads_as_interrupted(inputs, capsys):
                               storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in study.trials)
     assert os.path.exists(sweep_dir / "trials.parquet")
+
+
+def test_analyze_works_on_a_sweep_that_has_just_started(tmp_path, capsys):
+    (tmp_path / "ray" / "baseline").mkdir(parents=True)
+    (tmp_path / "sweep.json").write_text(json.dumps({"state": "running", "optuna": {
+        "context": 5, "params": {"margin": {"low": 0.02, "high": 0.2, "log": False}}}}))
+    code, out, err = run_analyze(capsys, tmp_path)
+    assert code == 0, err
+    assert "still running" in out and "== leaderboard ==\n(none)" in out
+    for name in PLOT_FILES:
+        assert png_size(tmp_path / name)[0] > 300
+    study = optuna.load_study(study_name=tmp_path.name,
+                              storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.trials == []

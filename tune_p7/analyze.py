@@ -124,8 +124,8 @@ def report(sweep: results.Sweep, sort: str, top: int, written: dict) -> dict:
     trials = sweep.trials
     board = results.leaderboard(trials, sort, top) if not trials.empty else trials
     shown = [c for c in DISPLAY if c in board.columns]
-    if sort not in shown:
-        shown.insert(shown.index("verdict"), sort)
+    if sort in board.columns and sort not in shown:
+        shown.insert(shown.index("verdict") if "verdict" in shown else len(shown), sort)
     try:
         best = results.best_config(trials, sort) if not trials.empty else {}
     except ValueError:

@@ -60,6 +60,11 @@ def _cell_colours(trials: pd.DataFrame) -> dict[str, str]:
     return {cell: CELL_COLOURS[i % len(CELL_COLOURS)] for i, cell in enumerate(cells)}
 
 
+def _reported(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that reported at least one epoch (all have val_* columns then)."""
+    return trials[trials["epochs_run"] > 0]
+
+
 def _label(trial: pd.Series) -> str:
     return f"{trial['phase']}/{trial['cell']}" if trial["cell"] else str(trial["phase"])
 
@@ -144,7 +149,7 @@ def _margin_by_parameter(sweep: Sweep) -> Figure:
     """One panel per searched hyperparameter: final val Δ of every trial against its value."""
     parameters = sweep.parameters() or ["margin"]
     figure = Figure(figsize=(4.2 * len(parameters), 4.2))
-    trials = sweep.trials[sweep.trials["epochs_run"] > 0]
+    trials = _reported(sweep.trials)
     colours = _cell_colours(sweep.trials)
     ranges = sweep.plan.get("optuna", {}).get("params", {})
     for index, name in enumerate(parameters):
@@ -166,7 +171,8 @@ def _margin_by_parameter(sweep: Sweep) -> Figure:
             axes.set_xscale("log")
         axes.axhline(0, color="black", linewidth=0.8)
         axes.grid(alpha=0.3)
-    figure.axes[0].legend(fontsize=7, loc="best")
+    if figure.axes[0].get_legend_handles_labels()[0]:
+        figure.axes[0].legend(fontsize=7, loc="best")
     figure.suptitle(f"{sweep.path.name}: final validation margin by hyperparameter")
     return figure
 
@@ -178,8 +184,9 @@ def _cos_next_vs_cos_prev(sweep: Sweep) -> Figure:
     axes.set(xlabel="val cos_prev = cos(p, last context chunk)",
              ylabel="val cos_next = cos(p, next chunk)",
              title=f"{sweep.path.name}: above the diagonal Δ > 0")
-    trials = sweep.trials[sweep.trials["epochs_run"] > 0]
-    points = [trials[["val_cos_prev", "val_cos_next"]].to_numpy(dtype=float)]
+    trials = _reported(sweep.trials)
+    points = [trials[["val_cos_prev", "val_cos_next"]].to_numpy(dtype=float)
+              if not trials.empty else np.zeros((0, 2))]
     colours = _cell_colours(sweep.trials)
     for _, trial in trials.iterrows():
         is_cell = trial["phase"] == "baseline"

@@ -39,6 +39,10 @@ RAY_FIELDS = frozenset({
 RENAMED_LAST_METRICS = {"anchor_lambda": "final_anchor_lambda"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RAY_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
+CONFIG_FIELDS = tuple(field.name for field in fields(TrainConfig))
+# The columns a trials table has even before any trial exists.
+TRIAL_COLUMNS = (*KEYS, "trial_dir", *CONFIG_FIELDS, "status", "error", "epochs_run",
+                 "stopped_early", "best_val_margin", "best_epoch", "seconds")
 
 
 class NotASweep(ValueError):
@@ -246,11 +250,11 @@ def _finite(value) -> bool:
 
 
 def _trials_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> DataFrame with KEYS and trial_dir first; a sweep with no trials has 0 rows."""
+    """Rows -> DataFrame with KEYS and trial_dir first; no rows gives TRIAL_COLUMNS, empty."""
     frame = pd.DataFrame(rows)
-    first = [*KEYS, "trial_dir"]
     if frame.empty:
-        return pd.DataFrame(columns=first)
+        return pd.DataFrame(columns=list(TRIAL_COLUMNS))
+    first = [*KEYS, "trial_dir"]
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
@@ -270,7 +274,6 @@ def read_table(sweep_dir: str | Path, name: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # The Python API: a loaded sweep and helpers that return DataFrames
 
-CONFIG_FIELDS = tuple(field.name for field in fields(TrainConfig))
 COMPARED = ("val_margin", "val_cos_next", "val_cos_prev", "val_cos_anchor", "val_r_at_5",
             "val_mrr_at_10", "val_global_r_at_5")
 DEFAULT_PARAMETERS = ("context", "margin", "temperature", "anchor_lambda")

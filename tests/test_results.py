@@ -66,7 +66,8 @@ def add_trial(experiment_dir: Path, index: int, epochs: list[dict], *, planned: 
 
 def write_ray_state(experiment_dir: Path, statuses: dict[str, str]) -> None:
     """experiment_state-*.json as Ray writes it: trial_data = [[trial json, runtime json]]."""
-    trial_data = [[json.dumps({"trial_id": name, "status": status, "relative_logdir": name}),
+    trial_data = [[json.dumps({"trial_id": "_".join(name.split("_")[1:3]), "status": status,
+                               "relative_logdir": name}),
                    json.dumps({"num_failures": 0})] for name, status in statuses.items()]
     (experiment_dir / "experiment_state-2026-11-28_01-17-50.json").write_text(
         json.dumps({"trial_data": trial_data, "runner_data": {}, "stats": {}}))

@@ -67,10 +67,10 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     running = sweep_is_running(sweep_dir)
     rows, histories = [], []
     for experiment_dir in sorted(path for path in ray_dir.iterdir() if path.is_dir()):
-        ray_statuses = ray_trial_statuses(experiment_dir)
+        ray_trials = ray_trial_states(experiment_dir)
         for trial_dir in sorted(experiment_dir.glob("*/params.json")):
             trial_dir = trial_dir.parent
-            row, history = read_trial(trial_dir, ray_statuses.get(trial_dir.name), running)
+            row, history = read_trial(trial_dir, ray_trials.get(trial_dir.name, {}), running)
             row["trial_dir"] = str(trial_dir.relative_to(sweep_dir))
             rows.append(row)
             histories.append(history)
@@ -94,23 +94,24 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     temporary.replace(path)
 
 
-def read_trial(trial_dir: Path, ray_status: str | None,
+def read_trial(trial_dir: Path, ray_trial: dict,
                sweep_running: bool) -> tuple[dict, pd.DataFrame]:
     """One trial folder -> (trials row, history frame).
 
-    ray_status: Ray's status for this trial (TERMINATED, ERROR, RUNNING, ...) or None.
-    sweep_running: whether the sweep process still runs (sweep_is_running).
+    ray_trial: {"status": TERMINATED | ERROR | RUNNING | ..., "trial_id"} from Ray's
+    experiment state, or {} when unknown. sweep_running: see sweep_is_running.
     """
     params = json.loads((trial_dir / "params.json").read_text())
     epochs = read_result_lines(trial_dir / "result.json")
     error_path = trial_dir / "error.txt"
     error = error_line(error_path.read_text(errors="replace")) if error_path.exists() else ""
-    trial_id = _trial_id(trial_dir)
+    trial_id = _trial_id(trial_dir, ray_trial.get("trial_id"))
     labels = {"trial_id": trial_id, "experiment": trial_dir.parent.name,
               "phase": params.get("phase", ""), "cell": params.get("cell", "") or ""}
     history = pd.DataFrame([{**labels, **epoch} for epoch in epochs])
     planned = int(params.get("epochs", TrainConfig().epochs))
-    status = trial_status(len(epochs), planned, bool(error), ray_status, sweep_running)
+    status = trial_status(len(epochs), planned, bool(error), ray_trial.get("status"),
+                          sweep_running)
     row = {**labels, **{k: v for k, v in params.items() if k not in labels},
            "status": status, "error": error, "epochs_run": len(epochs),
            "stopped_early": status == "stopped_early", **_summary(epochs)}
@@ -196,8 +197,8 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def ray_trial_statuses(experiment_dir: Path) -> dict[str, str]:
-    """{trial folder name: Ray status} from Ray's newest experiment_state-*.json.
+def ray_trial_states(experiment_dir: Path) -> dict[str, dict]:
+    """{trial folder name: {"status", "trial_id"}} from Ray's newest experiment_state-*.json.
 
     Ray writes no per-trial "finished" file; this snapshot is the only place that says a
     trial was terminated (e.g. by ASHA) rather than still running or interrupted. Its layout
@@ -211,25 +212,28 @@ def ray_trial_statuses(experiment_dir: Path) -> dict[str, str]:
     try:
         trial_data = json.loads(snapshots[-1].read_text())["trial_data"]
         trials = [json.loads(entry[0]) for entry in trial_data]
-        return {trial["relative_logdir"]: trial["status"] for trial in trials}
+        return {trial["relative_logdir"]: {"status": trial["status"],
+                                           "trial_id": trial["trial_id"]}
+                for trial in trials}
     except (json.JSONDecodeError, KeyError, TypeError, IndexError):
         return {}
 
 
-def _trial_id(trial_dir: Path) -> str:
-    """Ray's trial_id: from the folder name (Ray's default naming), else from the first
-    result line, else the folder name itself (unique inside its experiment)."""
-    match = RAY_TRIAL_ID.search(trial_dir.name)
-    if match:
-        return match.group(1)
+def _trial_id(trial_dir: Path, ray_trial_id: str | None) -> str:
+    """Ray's trial_id, stable from the trial's start: from the first result line, else
+    Ray's experiment state, else Ray's default folder name, else the folder name (unique
+    inside its experiment)."""
     result_path = trial_dir / "result.json"
     if result_path.exists():
         with result_path.open() as lines:
             try:
-                return str(json.loads(next(lines, "{}")).get("trial_id", trial_dir.name))
-            except json.JSONDecodeError:
+                return str(json.loads(next(lines, "{}"))["trial_id"])
+            except (json.JSONDecodeError, KeyError):
                 pass
-    return trial_dir.name
+    if ray_trial_id:
+        return str(ray_trial_id)
+    match = RAY_TRIAL_ID.search(trial_dir.name)
+    return match.group(1) if match else trial_dir.name
 
 
 def _summary(epochs: list[dict]) -> dict:

@@ -97,3 +97,10 @@ def test_bad_settings_exit_2_before_anything_is_written(tmp_path, capsys):
     assert main(["--data", "synthetic", "--out", str(out), "--anchor-lambda", "0.95"]) == 2
     assert "outside its learnable range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_divergence_survives_pickling_as_ray_sends_it():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(TrainingDiverged(2, "train_loss", float("nan"))))
+    assert (error.epoch, error.component) == (2, "train_loss") and "epoch 2" in str(error)

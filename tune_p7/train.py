@@ -116,6 +116,10 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f"training diverged in epoch {epoch}: {component} became {value}; "
                          f"lower the learning rate or raise the temperature.")
 
+    def __reduce__(self):
+        # Ray pickles a trial's exception to the driver; rebuild from the three fields.
+        return type(self), (self.epoch, self.component, self.value)
+
 
 @dataclass
 class TrainResult:

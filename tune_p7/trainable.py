@@ -18,7 +18,7 @@ import torch
 from ray import tune
 
 from tune_p7.data import Dataset
-from tune_p7.train import TrainConfig, TrainingDiverged, train
+from tune_p7.train import TrainConfig, train
 
 LABELS = ("phase", "cell")
 STATE_FILE = "state.pt"
@@ -31,15 +31,7 @@ def p7_trainable(config: dict, dataset: Dataset) -> None:
     settings and are dropped here). dataset: the validated dataset, shared read-only.
     """
     settings = TrainConfig.from_dict({k: v for k, v in config.items() if k not in LABELS})
-    try:
-        train(settings, dataset, on_epoch=report_epoch, resume_state=checkpoint_state())
-    except TrainingDiverged as error:
-        # TrainingDiverged cannot be unpickled by Ray (its __init__ takes three arguments).
-        raise TrialDiverged(str(error)) from None
-
-
-class TrialDiverged(RuntimeError):
-    """A picklable stand-in for TrainingDiverged carrying its sentence."""
+    train(settings, dataset, on_epoch=report_epoch, resume_state=checkpoint_state())
 
 
 def report_epoch(metrics: dict, state: dict) -> None:

@@ -281,6 +281,13 @@ def test_client_and_cluster_that_disagree_on_auth_get_one_clear_sentence(capsys,
     assert code == 2 and "no token was found here" in err
 
 
+def test_an_address_that_is_not_the_dashboard_gives_one_sentence(capsys, head):
+    code, out, err = run_main(capsys, "status", "raysubmit_x", "--address", head.gcs_address)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: No Ray dashboard answers at http://{head.gcs_address}") or \
+        err.startswith(f"error: http://{head.gcs_address} answered, but not like a Ray")
+
+
 def test_failing_job_passes_its_exit_code_and_logs_to_the_user(capsys, head):
     code, out, err = run_main(capsys, "--address", head.address, "--storage-path",
                               str(head.folder / "sweeps"), "--",

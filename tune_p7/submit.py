@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import ipaddress
 import json
 import logging
@@ -32,7 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -81,7 +82,7 @@ class SweepPlan:
     arguments: list[str]
     name: str
     storage_path: Path
-    checks: list[PathCheck] = field(default_factory=list)
+    checks: list[PathCheck]
 
     @property
     def entrypoint(self) -> str:
@@ -135,8 +136,8 @@ def cluster_auth_mode(address: str) -> str:
             return "disabled"
         raise UserError(f"{address} answered HTTP {error.code}, not like a Ray dashboard; "
                         f"pass the head node's Ray Jobs endpoint, e.g. http://HEAD:8265.")
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or type(error).__name__
         raise UserError(f"No Ray dashboard answers at {address} ({reason}); start the "
                         f"cluster or fix --address (the head node's dashboard, usually "
                         f"port 8265).") from None
@@ -207,7 +208,7 @@ def connect(address: str):
         raise UserError(f"The cluster at {address} rejected the token from {source}; use the "
                         f"token the cluster was started with (`ray get-auth-token` on its "
                         f"head node).") from None
-    except (ConnectionError, RuntimeError) as error:
+    except (OSError, RuntimeError) as error:  # requests' errors are OSErrors
         raise UserError(f"The Ray Jobs endpoint at {address} failed ({_first_line(error)}); "
                         f"check that --address is the head node's dashboard.") from None
 
@@ -409,7 +410,7 @@ def submit(options: argparse.Namespace, sweep_arguments: list[str]) -> int:
             entrypoint_num_cpus=options.entrypoint_num_cpus,
             metadata={"job_name": f"tune_p7 sweep {plan.name}",
                       "tune_p7_sweep_folder": str(plan.sweep_folder)})
-    except (RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError) as error:
         raise UserError(f"The cluster at {address} refused the job ({_first_line(error)}); "
                         f"check --runtime-env and the cluster's log.") from None
     print(job_id, flush=True)
@@ -438,9 +439,13 @@ def follow(client, job_id: str, address: str) -> int:
 
 
 async def _print_log_stream(client, job_id: str) -> None:
-    async for chunk in client.tail_job_logs(job_id):
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
+    try:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except RuntimeError as error:  # the stream broke, the job may well go on
+        _note(f"log stream of {job_id} ended early ({_first_line(error)}); waiting for "
+              f"its end")
 
 
 def _wait_until_finished(client, job_id: str, seconds: float = math.inf):

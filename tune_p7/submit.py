@@ -245,7 +245,8 @@ def sweep_plan(sweep_arguments: list[str], name: str | None, storage_path: str |
     if remote_storage and not (storage_given and Path(storage_given).is_absolute()):
         raise UserError("--remote-storage needs --storage-path as an absolute path on the "
                         "cluster, e.g. /mnt/sweeps.")
-    storage = _local_path("--storage-path", storage_given or "results")
+    storage = (Path(storage_given) if remote_storage  # a cluster path: no local symlinks
+               else _local_path("--storage-path", storage_given or "results"))
     checks = [PathCheck("--storage-path", storage_given or "results (the default)", storage,
                         "remote-storage" if remote_storage else "storage")]
     arguments = rest + ["--name", name, "--storage-path", str(storage)]

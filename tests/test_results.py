@@ -383,3 +383,11 @@ def test_load_sweep_prefers_fresh_parquet_and_rereads_stale_tables(flag_sweep):
 def test_load_sweep_refuses_a_folder_that_is_not_a_sweep(tmp_path):
     with pytest.raises(results.NotASweep, match="is not a sweep folder"):
         results.load_sweep(tmp_path)
+
+
+def test_a_params_file_cut_short_by_a_kill_leaves_that_trial_out_with_a_warning(fake_sweep):
+    params = sorted((fake_sweep / "ray" / "baseline").glob("*/params.json"))[0]
+    params.write_text('{"margin": 0.')
+    with pytest.warns(UserWarning, match="params.json is empty or cut short"):
+        trials, _ = results.collect_tables(fake_sweep)
+    assert len(trials) == 5

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -68,8 +69,13 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, histories = [], []
     for experiment_dir in sorted(path for path in ray_dir.iterdir() if path.is_dir()):
         ray_trials = ray_trial_states(experiment_dir)
-        for trial_dir in sorted(experiment_dir.glob("*/params.json")):
-            trial_dir = trial_dir.parent
+        for params_path in sorted(experiment_dir.glob("*/params.json")):
+            trial_dir = params_path.parent
+            if not _readable_json(params_path):
+                warnings.warn(f"{trial_dir}: params.json is empty or cut short (the sweep was "
+                              f"killed while writing it); this trial is left out until "
+                              f"--resume runs it again.", stacklevel=2)
+                continue
             row, history = read_trial(trial_dir, ray_trials.get(trial_dir.name, {}), running)
             row["trial_dir"] = str(trial_dir.relative_to(sweep_dir))
             rows.append(row)
@@ -92,6 +98,14 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     frame.to_parquet(temporary, index=False)
     temporary.replace(path)
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def read_trial(trial_dir: Path, ray_trial: dict,

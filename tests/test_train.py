@@ -15,7 +15,7 @@ TINY = dict(d_model=32, layers=2, heads=4, threads=1, eval_batch_size=512)
 
 def test_the_model_learns_the_planted_direction_beyond_trivial_predictors():
     dataset = load_dataset("synthetic")
-    config = TrainConfig(epochs=4, lr=2e-3, d_model=64, layers=2, heads=4, threads=2)
+    config = TrainConfig(epochs=4, lr=2e-3, d_model=64, layers=2, heads=4, threads=1)
     history = train(config, dataset).history
     source = BatchSource(dataset.windows(5, "val"), device_table(dataset.vectors, "cpu"))
     copy_margin = evaluate(copy_last, source)["margin"]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tune_p7.data import make_synthetic
+from tune_p7.scheduler import read_history
 from tune_p7.train import TrainConfig
 
 TINY_SPACE = Path(__file__).parent / "sweep" / "tiny.yaml"
@@ -153,6 +154,45 @@ def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_da
     assert trials.status.isin(["complete", "stopped_early"]).all()
     after = result_files(sweep_dir, trials[trials.trial_id.isin(before)])
     assert after == before  # finished trials kept as they were
+
+
+def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_path):
+    """Ctrl-C among the Optuna trials, then --resume: Ray re-adds every trial and the
+    scheduler reads their results back into its rungs (tune_p7.scheduler)."""
+    command = sweep_command(tiny_data, tmp_path, "asha", "--epochs", "10", "--num-samples", "4")
+    sweep_dir = tmp_path / "asha"
+    first = start_sweep(command)
+    wait_for_line(first, "] optuna ")  # an Optuna trial reported an epoch
+    first.send_signal(signal.SIGINT)
+    output = first.communicate(timeout=60)[0]
+    assert first.returncode == 130, output
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    optuna = trials[trials.phase == "optuna"]
+    assert len(optuna) >= 1
+    for row in optuna[optuna.status == "interrupted"].itertuples():
+        # Ray marks no result of an interrupted trial done, so resuming does not stop it.
+        assert read_history(sweep_dir / row.trial_dir / "result.json", "val_margin")[1] is None
+    ended = optuna[optuna.status.isin(["complete", "stopped_early"])]
+    before = result_files(sweep_dir, ended)
+
+    done = run_sweep(sweep_command(tiny_data, tmp_path, "asha", "--resume"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    trials = pd.read_parquet(sweep_dir / "trials.parquet")
+    optuna = trials[trials.phase == "optuna"]
+    assert len(optuna) == 4 and (optuna.epochs_run >= 2).all()
+    # Every trial ended (finished or stopped) in Ray's newest snapshot. (trials.parquet's
+    # status reads the snapshot with the newest mtime, which after a resume can be the
+    # older session's: Ray copies it again with every sync.)
+    assert set(newest_ray_statuses(sweep_dir / "ray" / "optuna").values()) == {"TERMINATED"}
+    assert result_files(sweep_dir, optuna[optuna.trial_id.isin(before)]) == before
+
+
+def newest_ray_statuses(experiment_dir):
+    """{trial folder: Ray status} in the experiment state of the newest session (by name)."""
+    newest = sorted(experiment_dir.glob("experiment_state-*.json"))[-1]
+    trials = [json.loads(entry[0]) for entry in json.loads(newest.read_text())["trial_data"]]
+    return {trial["relative_logdir"]: trial["status"] for trial in trials}
 
 
 def test_resume_refuses_a_different_plan(tiny_data, tmp_path):

@@ -7,7 +7,8 @@ two Ray Tune experiments in that folder, one after the other:
    labelled phase="baseline", cell=<name>;
 2. ``ray/optuna``: TPE over the space's ranges (margin, temperature, lambda), warm-started
    with the final val_margin of every cell that differs from an Optuna trial only in the
-   searched settings, under ASHA on val_margin (mode max, max_t = epochs).
+   searched settings, under asynchronous successive halving on val_margin (mode max,
+   max_t = epochs) whose rungs are seeded with every cell's values (tune_p7.scheduler).
 
 The dataset is loaded and validated once in the driver and shared with every trial through
 Ray's object store. ``--resume`` (or ``--name`` of an existing sweep) continues both
@@ -29,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +40,6 @@ import pandas as pd
 import ray
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -47,6 +48,7 @@ from tune_p7 import __version__
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
 from tune_p7.metrics import data_signals, trivial_baselines
 from tune_p7.results import error_line, write_tables
+from tune_p7.scheduler import SeededASHA, read_history
 from tune_p7.space import (DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile,
                            load_space)
 from tune_p7.train import TrainConfig
@@ -58,8 +60,11 @@ EXPERIMENTS = ("baseline", "optuna")
 PLAN_ARGUMENTS = ("space", "data", "profile", "epochs", "num_samples", "seed")
 RAY_ENVIRONMENT = {
     "RAY_USAGE_STATS_ENABLED": "0",      # no usage statistics leave the machine
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",     # experiment state saved on every result: a hard
-                                         # kill loses no finished trial
+    # Experiment state saved at most every 5 s (0 saved and copied it on every controller
+    # step, ~10 times a second). Every checkpointed result still forces a save: with
+    # CheckpointConfig(num_to_keep=1) Ray syncs the state after each trial checkpoint, so a
+    # hard kill loses at most the epoch in flight; what may lag 5 s is only a trial's end.
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
     "RAY_AIR_NEW_OUTPUT": "0",           # progress is our one line per trial epoch
     # Saving on every result is intended: no warning that it happens often.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -245,8 +250,9 @@ def format_plan(plan: dict, options: TrialOptions, address: str | None) -> str:
                        for name, spec in optuna["params"].items())
     asha = optuna["asha"]
     lines.append(f"  optuna {optuna['trials']} TPE trials (K={optuna['context']}) over "
-                 f"{ranges}; ASHA on {METRIC} (max), grace {asha['grace_period']}, "
-                 f"reduction {asha['reduction_factor']:g}, max_t {asha['max_t']}")
+                 f"{ranges}; ASHA on {METRIC} (max) with the cells' values at its rungs, "
+                 f"grace {asha['grace_period']}, reduction {asha['reduction_factor']:g}, "
+                 f"max_t {asha['max_t']}")
     most = (len(plan["cells"]) + optuna["trials"]) * epochs
     lines.append(f"  epochs at most {most} ({len(plan['cells'])} cells + {optuna['trials']} "
                  f"trials × {epochs}); ASHA stops some Optuna trials earlier")
@@ -371,10 +377,15 @@ def concurrency(options: TrialOptions) -> int:
 
 
 class EpochPrinter(tune.Callback):
-    """Prints one line per trial epoch and one per ended trial; ``started``: time.time()."""
+    """Prints one line per trial epoch and one per ended trial; ``started``: time.time().
 
-    def __init__(self, started: float):
+    stop_reasons: {trial_id: why the scheduler stopped it} (SeededASHA.stopped), if any.
+    """
+
+    def __init__(self, started: float, stop_reasons: dict[str, str] | None = None):
+        # The scheduler's own dict (empty at first, filled as it stops trials), not a copy.
         self.started = started
+        self.stop_reasons = {} if stop_reasons is None else stop_reasons
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._print(trial, _epoch_line(result))
@@ -384,8 +395,12 @@ class EpochPrinter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
-        planned = trial.config.get("epochs")
-        self._print(trial, "done" if epochs == planned else f"stopped by ASHA at epoch {epochs}")
+        if epochs == trial.config.get("epochs"):
+            self._print(trial, "done")
+        else:
+            reason = self.stop_reasons.get(trial.trial_id)
+            self._print(trial, f"stopped by ASHA at epoch {epochs}"
+                        + (f" ({reason})" if reason else ""))
 
     def _print(self, trial, text: str) -> None:
         print(f"[{time.time() - self.started:6.0f}s] {_label(trial.config)}  {text}", flush=True)
@@ -418,8 +433,9 @@ def _trainable(dataset: Dataset, options: TrialOptions):
     return tune.with_resources(tune.with_parameters(p7_trainable, dataset=dataset), resources)
 
 
-def _run_config(sweep_dir: Path, experiment: str, options: TrialOptions):
-    callbacks = [EpochPrinter(STARTED)] if options.progress else []
+def _run_config(sweep_dir: Path, experiment: str, options: TrialOptions,
+                stop_reasons: dict[str, str] | None = None):
+    callbacks = [EpochPrinter(STARTED, stop_reasons)] if options.progress else []
     return tune.RunConfig(
         storage_path=str(Path(sweep_dir).resolve() / "ray"), name=experiment,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
@@ -563,11 +579,14 @@ def run_fixed_trials(sweep_dir: str | Path, experiment: str, configs: list[dict]
 
 
 def run_optuna_trials(sweep_dir: Path, plan: dict, space: SearchSpace, dataset: Dataset,
-                      options: TrialOptions, warm_start: list[tuple[dict, float]]):
-    """The Optuna experiment ``sweep_dir/ray/optuna``: TPE under ASHA; resumable.
+                      options: TrialOptions, warm_start: list[tuple[dict, float]],
+                      seeds: dict[str, dict[int, float]]):
+    """The Optuna experiment ``sweep_dir/ray/optuna``: TPE under seeded ASHA; resumable.
 
-    warm_start: (searched settings, final val_margin) of cells TPE learns from.
-    Returns (ResultGrid, interrupted).
+    warm_start: (searched settings, final val_margin) of cells TPE learns from. seeds:
+    {cell: {epoch: val_margin}} put in the scheduler's rungs (see rung_seeds). On a resume
+    Ray restores the scheduler as first built (seeds included) and it reads the restored
+    trials' results back into its rungs. Returns (ResultGrid, interrupted).
     """
     trials = plan["optuna"]["trials"]
     trainable = _trainable(dataset, options)
@@ -584,17 +603,27 @@ def run_optuna_trials(sweep_dir: Path, plan: dict, space: SearchSpace, dataset: 
                             points_to_evaluate=[point for point, _ in warm_start] or None,
                             evaluated_rewards=[reward for _, reward in warm_start] or None)
     asha = plan["optuna"]["asha"]
-    scheduler = ASHAScheduler(metric=METRIC, mode=MODE, max_t=asha["max_t"],
-                              grace_period=asha["grace_period"],
-                              reduction_factor=asha["reduction_factor"])
+    scheduler = SeededASHA(METRIC, MODE, asha["grace_period"], asha["reduction_factor"],
+                           asha["max_t"], seeds)
     tuner = tune.Tuner(
         trainable, param_space=base,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=trials,
             max_concurrent_trials=concurrency(options), reuse_actors=options.reuse_actors,
             trial_dirname_creator=trial_dirname),
-        run_config=_run_config(sweep_dir, "optuna", options))
+        run_config=_run_config(sweep_dir, "optuna", options, scheduler.stopped))
     return _fit(sweep_dir, tuner, trials)
+
+
+def rung_seeds(grid) -> dict[str, dict[int, float]]:
+    """{cell: {epoch: val_margin}} of every baseline cell that reported an epoch, read from
+    its result.json: the reference values the Optuna trials are judged against at each rung."""
+    seeds = {}
+    for result in grid:
+        values, _ = read_history(Path(result.path) / "result.json", METRIC)
+        if values:
+            seeds[result.config["cell"]] = values
+    return seeds
 
 
 def warm_start_points(grid, plan: dict, space: SearchSpace) -> list[tuple[dict, float]]:
@@ -656,13 +685,22 @@ def _saved_space(plan: dict) -> SearchSpace:
 
 def run_sweep(args, sweep_dir: Path, plan: dict, space: SearchSpace, dataset: Dataset,
               options: TrialOptions, resuming: bool) -> int:
-    """Write the driver's files, run both experiments, write the tables, print the top."""
+    """Write the driver's files, run both experiments, write the tables, print the top.
+
+    The data tables of a new sweep are computed in a thread while Ray starts (both take
+    seconds; Ray's start mostly waits for its processes).
+    """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         write_json_atomic(sweep_dir / "sweep.json", plan)
-        write_data_tables(sweep_dir, dataset, contexts_used(plan), plan["fixed"]["global_queries"])
     try:
-        start_ray(args.address, args.dashboard)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tables = None if resuming else pool.submit(
+                write_data_tables, sweep_dir, dataset, contexts_used(plan),
+                plan["fixed"]["global_queries"])
+            start_ray(args.address, args.dashboard)
+        if tables:
+            tables.result()  # raises what the thread raised
         if args.address:
             check_shared_storage(sweep_dir.parent)
         grid, interrupted = run_fixed_trials(sweep_dir, "baseline", plan["cells"], dataset,
@@ -671,7 +709,8 @@ def run_sweep(args, sweep_dir: Path, plan: dict, space: SearchSpace, dataset: Da
             warm = warm_start_points(grid, plan, space)
             print(f"TPE learns from {len(warm)} cells (those differing from an Optuna trial "
                   f"only in {', '.join(space.params)})", flush=True)
-            _, interrupted = run_optuna_trials(sweep_dir, plan, space, dataset, options, warm)
+            _, interrupted = run_optuna_trials(sweep_dir, plan, space, dataset, options, warm,
+                                               rung_seeds(grid))
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

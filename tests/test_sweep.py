@@ -121,6 +121,9 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
     assert "top 5 by best val_margin" in done.stdout
     assert "TPE learns from 3 cells" in done.stdout
+    # The sweep writes the analysis too: summary, plots and the Optuna study.
+    assert "== baseline cells ==" in (sweep_dir / "summary.txt").read_text()
+    assert len(list(sweep_dir.glob("*.png"))) == 3 and (sweep_dir / "optuna.db").stat().st_size > 0
 
 
 def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_data, tmp_path):
@@ -181,18 +184,10 @@ def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_
     trials = pd.read_parquet(sweep_dir / "trials.parquet")
     optuna = trials[trials.phase == "optuna"]
     assert len(optuna) == 4 and (optuna.epochs_run >= 2).all()
-    # Every trial ended (finished or stopped) in Ray's newest snapshot. (trials.parquet's
-    # status reads the snapshot with the newest mtime, which after a resume can be the
-    # older session's: Ray copies it again with every sync.)
-    assert set(newest_ray_statuses(sweep_dir / "ray" / "optuna").values()) == {"TERMINATED"}
+    # Every trial ended, read from the resumed session's state (not the older session's,
+    # which Ray copies again with every sync and so can carry the newest mtime).
+    assert optuna.status.isin(["complete", "stopped_early"]).all(), optuna.status
     assert result_files(sweep_dir, optuna[optuna.trial_id.isin(before)]) == before
-
-
-def newest_ray_statuses(experiment_dir):
-    """{trial folder: Ray status} in the experiment state of the newest session (by name)."""
-    newest = sorted(experiment_dir.glob("experiment_state-*.json"))[-1]
-    trials = [json.loads(entry[0]) for entry in json.loads(newest.read_text())["trial_data"]]
-    return {trial["relative_logdir"]: trial["status"] for trial in trials}
 
 
 def test_resume_refuses_a_different_plan(tiny_data, tmp_path):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from tune_p7 import results
 from tune_p7.data import DataError, load_dataset
-from tune_p7.sweep import TrialOptions, run_fixed_trials, start_ray
+from tune_p7.sweep import SweepError, TrialOptions, run_fixed_trials, start_ray
 
 # Settings that do not make a config different: the seed is what confirm varies, threads
 # and device are how a trial runs, not what it computes.
@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     options = TrialOptions(cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, device=args.device,
                            max_concurrent=args.max_concurrent)
-    start_ray(args.address, dashboard=False)
+    try:
+        start_ray(args.address, dashboard=False)
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     _, interrupted = run_fixed_trials(args.sweep, experiment, configs, dataset, options)
     trials, _ = results.write_tables(args.sweep)
     table = confirmation(trials, candidates, experiment)

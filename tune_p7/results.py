@@ -219,8 +219,10 @@ def ray_trial_states(experiment_dir: Path) -> dict[str, dict]:
     is Ray's, so anything unexpected yields {} and the status falls back to error.txt and
     sweep.json.
     """
-    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"),
-                       key=lambda path: path.stat().st_mtime)
+    # Names carry the session's start time (experiment_state-YYYY-MM-DD_HH-MM-SS.json), so
+    # name order is session order; modification times are not: after a resume Ray copies
+    # the older session's file again on every sync.
+    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
     if not snapshots:
         return {}
     try:

@@ -27,6 +27,7 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -45,9 +46,10 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tune_p7 import __version__
+from tune_p7.analyze import write_outputs
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
 from tune_p7.metrics import data_signals, trivial_baselines
-from tune_p7.results import error_line, write_tables
+from tune_p7.results import error_line, ray_trial_states, write_tables
 from tune_p7.scheduler import SeededASHA, read_history
 from tune_p7.space import (DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile,
                            load_space)
@@ -284,6 +286,8 @@ def set_sweep_state(sweep_dir: str | Path, state: str) -> None:
     path = Path(sweep_dir) / "sweep.json"
     content = json.loads(path.read_text())
     content["state"] = state
+    # Who runs it, so a reader can tell a killed sweep (dead pid) from a running one.
+    content.update(host=socket.gethostname(), pid=os.getpid())
     write_json_atomic(path, content)
 
 
@@ -327,7 +331,13 @@ def start_ray(address: str | None, dashboard: bool) -> None:
     # Trial failures are printed by EpochPrinter as one line; the traceback is in error.txt.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except ConnectionError:
+            raise SweepError(
+                f"--address {address}: Ray refused the connection; if the cluster uses token "
+                f"authentication, export RAY_AUTH_MODE=token and make its token findable "
+                f"(RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).") from None
     else:
         # address="local": never attach to someone else's `ray start` on this machine.
         # (Ray 2.60 turns a node ip of 127.0.0.1 into the machine's address, so none is
@@ -473,8 +483,9 @@ def _execution_settings(config: dict, options: TrialOptions) -> dict:
 def _fit(sweep_dir: Path, tuner, expected: int):
     """Tuner.fit with the sweep state recorded; returns (ResultGrid, interrupted).
 
-    Ray stops gracefully on Ctrl-C and fit() returns; a run with fewer than ``expected``
-    ended trials was interrupted.
+    Ray stops gracefully on Ctrl-C and fit() returns, counting the trials it cut short as
+    terminated; so a run is interrupted when fewer than ``expected`` trials ended or when
+    Ray's saved state leaves any trial neither TERMINATED nor ERROR.
     """
     set_sweep_state(sweep_dir, "running")
     try:
@@ -482,7 +493,10 @@ def _fit(sweep_dir: Path, tuner, expected: int):
     except BaseException:
         set_sweep_state(sweep_dir, "interrupted")
         raise
-    interrupted = grid.num_terminated + grid.num_errors < expected
+    states = ray_trial_states(Path(grid.experiment_path))
+    unfinished = [name for name, trial in states.items()
+                  if trial["status"] not in ("TERMINATED", "ERROR")]
+    interrupted = bool(unfinished) or grid.num_terminated + grid.num_errors < expected
     set_sweep_state(sweep_dir, "interrupted" if interrupted else "finished")
     return grid, interrupted
 
@@ -513,7 +527,7 @@ def repair_experiment_state(experiment_dir: Path) -> None:
             break
         for path in files:
             path.unlink()
-    known = _snapshot_trial_dirs(experiment_dir)
+    known = set(ray_trial_states(experiment_dir))
     for params in experiment_dir.glob("*/params.json"):
         if params.parent.name not in known and not _readable(params):
             shutil.rmtree(params.parent)
@@ -533,15 +547,6 @@ def _readable(path: Path) -> bool:
         return True
     except Exception:  # any failure to unpickle means truncated or corrupt
         return False
-
-
-def _snapshot_trial_dirs(experiment_dir: Path) -> set[str]:
-    """Trial folder names in the newest experiment_state-*.json (Ray's own layout)."""
-    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not snapshots:
-        return set()
-    trial_data = json.loads(snapshots[-1].read_text()).get("trial_data", [])
-    return {json.loads(entry[0]).get("relative_logdir", "") for entry in trial_data}
 
 
 def run_fixed_trials(sweep_dir: str | Path, experiment: str, configs: list[dict],
@@ -733,6 +738,10 @@ def finish(sweep_dir: Path, interrupted: bool) -> int:
         print(f"interrupted: continue with  python -m tune_p7.sweep --resume --name "
               f"{sweep_dir.name} --storage-path {sweep_dir.parent}")
         return 130
+    _, written = write_outputs(sweep_dir)
+    print(f"analysis: {sweep_dir / 'summary.txt'}, "
+          f"{len(written['plots'])} plots, {sweep_dir / 'optuna.db'} "
+          f"(python -m tune_p7.analyze {sweep_dir} for the full report)")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Shared fixtures: small real datasets written to real files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from tune_p7.data import chunk_dataset, make_synthetic
 
@@ -21,3 +24,21 @@ def chunk_file(tmp_path):
         np.savez(path, **arrays)
         return path
     return write
+
+
+TINY_SPACE = Path(__file__).parent / "sweep" / "tiny.yaml"  # 16-wide model: seconds per trial
+
+
+def write_tiny_space(path: Path, epochs: int = 3, optuna_trials: int = 3,
+                     reduction_factor: int = 3, startup_trials: int = 2,
+                     extra_cells: dict | None = None) -> Path:
+    """tests/sweep/tiny.yaml with a test's own budget and extra cells, written to ``path``."""
+    space = yaml.safe_load(TINY_SPACE.read_text())
+    for profile in space["profiles"].values():
+        profile["train"]["epochs"] = epochs
+        profile["optuna_trials"] = optuna_trials
+        profile["asha"]["reduction_factor"] = reduction_factor
+    space["optuna"]["startup_trials"] = startup_trials
+    space["cells"].update(extra_cells or {})
+    path.write_text(yaml.safe_dump(space))
+    return path

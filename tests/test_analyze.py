@@ -24,37 +24,13 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from conftest import write_tiny_space
 from tune_p7 import analyze, results
 from tune_p7.data import BatchSource, device_table, load_dataset, make_synthetic
 from tune_p7.metrics import evaluate
 from tune_p7.plots import PLOT_FILES
 from tune_p7.train import load_model
 
-SPACE = """
-cells:
-  baseline:       {context: 5, margin: 0.07, anchor_lambda: 0.8}
-  strong_anchor:  {context: 5, margin: 0.07, anchor_lambda: 0.6}
-  higher_margin:  {context: 5, margin: 0.10, anchor_lambda: 0.8}
-  larger_context: {context: 7, margin: 0.07, anchor_lambda: 0.8}
-  diverges:       {context: 5, margin: 0.07, anchor_lambda: 0.8, weight_teacher: 1.0e+40}
-optuna:
-  params:
-    margin:        {low: 0.02, high: 0.20}
-    temperature:   {low: 0.02, high: 0.20, log: true}
-    anchor_lambda: {low: 0.5, high: 0.95}
-  startup_trials: 2
-fixed: {context: 5, temperature: 0.07, learn_lambda: true, lambda_min: 0.5, lambda_max: 0.95}
-profiles:
-  quick:
-    train: {epochs: 3, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2,
-            global_queries: 256, train_eval_windows: 256}
-    optuna_trials: 4
-    asha: {grace_period: 2, reduction_factor: 2}
-  full:
-    train: {epochs: 3, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2}
-    optuna_trials: 4
-    asha: {grace_period: 2, reduction_factor: 2}
-"""
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context", "diverges"}
 
 
@@ -62,7 +38,8 @@ CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context", "diverg
 def inputs(tmp_path_factory) -> dict:
     """The tiny search space and dataset files."""
     folder = tmp_path_factory.mktemp("inputs")
-    (folder / "space.yaml").write_text(SPACE)
+    write_tiny_space(folder / "space.yaml", optuna_trials=4, reduction_factor=2, extra_cells={
+        "diverges": {"context": 5, "margin": 0.07, "anchor_lambda": 0.8, "weight_teacher": 1.0e+40}})
     vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
     np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
     return {"space": folder / "space.yaml", "data": folder / "data.npz",

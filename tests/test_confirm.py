@@ -8,33 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_tiny_space
 from tune_p7 import confirm, results
 from tune_p7.data import make_synthetic
 
-SPACE = """
-cells:
-  baseline:       {context: 5, margin: 0.07, anchor_lambda: 0.8}
-  strong_anchor:  {context: 5, margin: 0.07, anchor_lambda: 0.6}
-  higher_margin:  {context: 5, margin: 0.10, anchor_lambda: 0.8}
-  larger_context: {context: 7, margin: 0.07, anchor_lambda: 0.8}
-optuna:
-  params:
-    margin:        {low: 0.02, high: 0.20}
-    temperature:   {low: 0.02, high: 0.20, log: true}
-    anchor_lambda: {low: 0.5, high: 0.95}
-  startup_trials: 1
-fixed: {context: 5, temperature: 0.07, learn_lambda: true, lambda_min: 0.5, lambda_max: 0.95}
-profiles:
-  quick:
-    train: {epochs: 2, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2,
-            global_queries: 256, train_eval_windows: 256}
-    optuna_trials: 1
-    asha: {grace_period: 2, reduction_factor: 2}
-  full:
-    train: {epochs: 2, warmup_epochs: 1, d_model: 16, layers: 1, heads: 2}
-    optuna_trials: 1
-    asha: {grace_period: 2, reduction_factor: 2}
-"""
 
 
 def test_t_interval_matches_the_textbook():
@@ -62,7 +39,8 @@ def test_welch_difference_of_two_samples():
 def confirmed(tmp_path_factory):
     """A real tiny sweep (4 cells + 1 Optuna trial, 2 epochs), then confirm --top 1 --seeds 2."""
     folder = tmp_path_factory.mktemp("confirm")
-    (folder / "space.yaml").write_text(SPACE)
+    write_tiny_space(folder / "space.yaml", epochs=2, optuna_trials=1, reduction_factor=2,
+                     startup_trials=1)
     vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
     np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
     sweep = subprocess.run(

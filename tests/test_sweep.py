@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import TINY_SPACE
 from tune_p7.data import make_synthetic
 from tune_p7.scheduler import read_history
 from tune_p7.train import TrainConfig
 
-TINY_SPACE = Path(__file__).parent / "sweep" / "tiny.yaml"
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context"}
 HISTORY_COLUMNS = {
     "trial_id", "experiment", "phase", "cell", "epoch", "train_loss", "train_loss_rank",

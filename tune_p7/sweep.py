@@ -53,7 +53,7 @@ from tune_p7.results import error_line, ray_trial_states, write_tables
 from tune_p7.scheduler import SeededASHA, read_history
 from tune_p7.space import (DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile,
                            load_space)
-from tune_p7.train import TrainConfig
+from tune_p7.train import TrainConfig, format_epoch
 from tune_p7.trainable import p7_trainable
 
 METRIC, MODE = "val_margin", "max"
@@ -398,7 +398,7 @@ class EpochPrinter(tune.Callback):
         self.stop_reasons = {} if stop_reasons is None else stop_reasons
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._print(trial, _epoch_line(result))
+        self._print(trial, format_epoch(result, result.get("config", {}).get("epochs")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, f"ERROR {_error_line(trial)}")
@@ -421,14 +421,6 @@ def _label(config: dict) -> str:
         return f"{config.get('phase', '')}/{config['cell']}".ljust(24)
     return (f"{config.get('phase', '')} m={config.get('margin', 0):.3f} "
             f"T={config.get('temperature', 0):.3f} λ={config.get('anchor_lambda', 0):.2f}")
-
-
-def _epoch_line(result: dict) -> str:
-    return (f"epoch {result.get('epoch', '?')}/{result.get('config', {}).get('epochs', '?')}  "
-            f"val Δ {result.get('val_margin', math.nan):+.4f}  cos_next "
-            f"{result.get('val_cos_next', math.nan):.4f}  R@5 "
-            f"{result.get('val_r_at_5', math.nan):.3f}  loss "
-            f"{result.get('train_loss', math.nan):.4f}  {result.get('seconds', 0):.1f}s")
 
 
 def _error_line(trial) -> str:

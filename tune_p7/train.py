@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {"val_margin": -math.inf}
 
     def on_epoch(metrics: dict, state: dict) -> None:
-        print(_epoch_line(metrics), flush=True)
+        print(format_epoch(metrics), flush=True)
         if metrics["val_margin"] > best["val_margin"]:
             best["val_margin"] = metrics["val_margin"]
             torch.save({"model": state["model"], "config": config.to_dict(),
@@ -367,8 +367,10 @@ def _write_history(history: list[dict], out: Path) -> None:
     temporary.replace(out / "history.parquet")
 
 
-def _epoch_line(metrics: dict) -> str:
-    return (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
+def format_epoch(metrics: dict, epochs: int | None = None) -> str:
+    """One progress line for an epoch's metrics; ``epochs`` adds "of N" to the count."""
+    count = f"{metrics['epoch']}/{epochs}" if epochs else f"{metrics['epoch']:>3}"
+    return (f"epoch {count}  loss {metrics['train_loss']:.4f}  "
             f"train Δ {metrics['train_margin']:+.4f}  val Δ {metrics['val_margin']:+.4f}  "
             f"cos_next {metrics['val_cos_next']:.4f}  cos_prev {metrics['val_cos_prev']:.4f}  "
             f"R@5 {metrics['val_r_at_5']:.3f}  λ {metrics['anchor_lambda']:.3f}  "

@@ -121,6 +121,9 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
     assert "top 5 by best val_margin" in done.stdout
     assert "TPE learns from 3 cells" in done.stdout
+    # The data's short form comes before the first trial, with the trivial predictors.
+    assert done.stdout.index("forward signal") < done.stdout.index("epoch 1/")
+    assert "K=7:" in done.stdout and "orth_mean Δ" in done.stdout
     # The sweep writes the analysis too: summary, plots and the Optuna study.
     assert "== baseline cells ==" in (sweep_dir / "summary.txt").read_text()
     assert len(list(sweep_dir.glob("*.png"))) == 3 and (sweep_dir / "optuna.db").stat().st_size > 0

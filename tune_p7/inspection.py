@@ -122,18 +122,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def short_summary(dataset: Dataset, context: int) -> str:
-    """One paragraph for the sweep to print before trials start."""
-    windows = dataset.windows(context, "val")
-    signals = data_signals(windows)
-    copy = trivial_baselines(BatchSource(windows, device_table(dataset.vectors, "cpu")))
-    return (f"{dataset.source}: {dataset.num_documents} documents, {len(dataset.vectors)} "
-            f"chunks, D={dataset.dim}; K={context} val windows {len(windows)}; forward signal "
-            f"{signals['forward_signal']:+.4f}, recency {signals['recency']:+.4f}, coherence "
-            f"{signals['coherence']:.3f}; copy-last val Δ {copy['copy_last']['margin']:+.4f}, "
-            f"R@5 {copy['copy_last']['r_at_5']:.3f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_p7.data",
                                      description="Inspect a vector dataset.")

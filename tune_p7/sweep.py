@@ -698,6 +698,7 @@ def run_sweep(args, sweep_dir: Path, plan: dict, space: SearchSpace, dataset: Da
             start_ray(args.address, args.dashboard)
         if tables:
             tables.result()  # raises what the thread raised
+        print(format_data_summary(sweep_dir, dataset), flush=True)
         if args.address:
             check_shared_storage(sweep_dir.parent)
         grid, interrupted = run_fixed_trials(sweep_dir, "baseline", plan["cells"], dataset,
@@ -735,6 +736,25 @@ def finish(sweep_dir: Path, interrupted: bool) -> int:
           f"{len(written['plots'])} plots, {sweep_dir / 'optuna.db'} "
           f"(python -m tune_p7.analyze {sweep_dir} for the full report)")
     return 0
+
+
+def format_data_summary(sweep_dir: Path, dataset: Dataset) -> str:
+    """The data's short form before trials start (python -m tune_p7.data inspect has the
+    long one): size, and per K the validation signals and trivial predictors, read from
+    the data tables the sweep wrote so nothing is computed twice."""
+    signals = pd.read_parquet(sweep_dir / "data_signals.parquet")
+    baselines = pd.read_parquet(sweep_dir / "baselines.parquet").set_index("predictor")
+    lines = [f"data {dataset.source}: {dataset.num_documents} documents, "
+             f"{len(dataset.vectors)} chunks, D={dataset.dim}"]
+    for row in signals[signals.split == "val"].itertuples():
+        trivial = baselines[baselines.context == row.context]
+        lines.append(
+            f"  K={row.context}: {row.windows} val windows; forward signal "
+            f"{row.forward_signal:+.4f}, recency {row.recency:+.4f}, coherence "
+            f"{row.coherence:.3f}; " + ", ".join(
+                f"{name} Δ {metrics.val_margin:+.3f} R@5 {metrics.val_r_at_5:.3f}"
+                for name, metrics in trivial.iterrows()))
+    return "\n".join(lines)
 
 
 def format_summary(sweep_dir: Path, trials, top: int = 5) -> str:

@@ -70,7 +70,7 @@ def test_confirm_reruns_top_configs_and_the_cell_on_new_seeds(confirmed):
 
 def test_confirm_reports_mean_and_interval_of_the_new_seeds_only(confirmed):
     sweep_dir, _, run = confirmed
-    table = pd.read_parquet(sweep_dir / confirm.SUMMARY_FILE)
+    table = pd.read_parquet(sweep_dir / f"{confirm.SUMMARY_TABLE}.parquet")
     trials = results.load_sweep(sweep_dir).trials
     reruns = trials[trials.phase == "confirm"]
     cell = table[table.cell == "baseline"].iloc[0]

@@ -36,7 +36,7 @@ def test_report_numbers_equal_hand_computed_values(tmp_path):
     part = report["contexts"]["5"]
     assert part["windows"] == {"train": 3 * 7, "val": 7}
     assert part["signals"]["val"]["recency"] == pytest.approx(np.cos(0.2) - np.cos(1.0), abs=1e-5)
-    assert part["baselines"]["copy_last"]["margin"] == pytest.approx(np.cos(0.2) - 1, abs=1e-5)
+    assert part["baselines"]["copy_last"]["val_margin"] == pytest.approx(np.cos(0.2) - 1, abs=1e-5)
     assert part["parity"]["coherence"] == pytest.approx(
         part["signals"]["val"]["coherence"] - part["signals"]["train"]["coherence"])
 

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from tune_p7 import results
+from tune_p7.folder import RAY_FIELDS, SweepFolder
+from tune_p7.plan import Plan
 from tune_p7.train import TrainConfig
 from tune_p7.verdicts import FLAGS, Criteria, verdicts
 
@@ -121,7 +123,7 @@ def test_tables_have_one_row_per_trial_and_per_epoch(fake_sweep):
                    "context", "margin", "temperature", "anchor_lambda", "val_r_at_5"):
         assert column in trials.columns, column
     assert set(HISTORY_METRICS) <= set(history.columns)
-    assert not (set(results.RAY_FIELDS) - {"trial_id"}) & set(history.columns)
+    assert not (set(RAY_FIELDS) - {"trial_id"}) & set(history.columns)
     assert set(trials.trial_id) == {f"abcde_{i:05d}" for i in range(6)}
     assert (trials.experiment == "baseline").all()
 
@@ -159,7 +161,7 @@ def test_a_killed_sweep_process_reads_as_interrupted(fake_sweep):
     gone.wait()
     (fake_sweep / "sweep.json").write_text(json.dumps(
         {"state": "running", "host": socket.gethostname(), "pid": gone.pid}))
-    assert not results.sweep_is_running(fake_sweep)
+    assert not SweepFolder(fake_sweep).is_running()
     trials = by_margin(results.collect_tables(fake_sweep)[0])
     assert trials.loc[0.4, "status"] == "interrupted"
 
@@ -332,7 +334,7 @@ def test_leaderboard_sorts_best_first_with_failed_trials_last(flag_sweep):
 def test_comparison_gives_trial_minus_reference(flag_sweep):
     trials = results.collect_tables(flag_sweep)[0]
     trials.loc[trials.margin == 0.01, ["phase", "cell"]] = ["baseline", "baseline"]
-    baselines = results.read_table(flag_sweep, "baselines")
+    baselines = SweepFolder(flag_sweep).read_table("baselines")
     table = results.comparison(trials, baselines)
     reported = trials[trials.epochs_run > 0]
     assert len(table) == len(reported) + 3 * (reported.context == 5).sum()
@@ -372,7 +374,7 @@ def test_load_sweep_prefers_fresh_parquet_and_rereads_stale_tables(flag_sweep):
                                                      pass_cos_anchor=0.0))
     assert loaded.source == "parquet"
     assert (loaded.trials.loc[loaded.trials.margin == 0.01, "verdict"] == "PASS").all()
-    assert not loaded.baselines.empty and loaded.plan == {"state": "finished"}
+    assert not loaded.baselines.empty and loaded.plan == Plan() and loaded.run_state == {"state": "finished"}
     result = next(flag_sweep.glob("ray/optuna/*/result.json"))
     later = (flag_sweep / "trials.parquet").stat().st_mtime + 5
     import os

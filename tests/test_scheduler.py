@@ -14,8 +14,9 @@ from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from tune_p7.scheduler import SeededASHA, read_history, rung_epochs
-from tune_p7.sweep import EpochPrinter, rung_seeds
+from tune_p7.folder import read_history
+from tune_p7.scheduler import SeededASHA, rung_epochs
+from tune_p7.tuner import EpochPrinter, rung_seeds
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import TINY_SPACE
 from tune_p7.data import make_synthetic
-from tune_p7.scheduler import read_history
+from tune_p7.folder import read_history
 from tune_p7.train import TrainConfig
 
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context"}

@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 
 from tune_p7 import optuna_export, plots, results
+from tune_p7.files import atomic_path, write_json, write_text
+from tune_p7.folder import RAY_FOLDER, SweepFolder, latest_checkpoint
 from tune_p7.verdicts import FLAGS, Criteria
 
 DISPLAY = ("rank", "trial_id", "phase", "cell", "context", "margin", "temperature",
@@ -56,9 +58,10 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
     """
     sweep_dir = Path(sweep_dir)
     written: dict = {}
-    if (sweep_dir / "ray").is_dir() and not results.tables_are_fresh(sweep_dir):
+    folder = SweepFolder(sweep_dir)
+    if (sweep_dir / RAY_FOLDER).is_dir() and not folder.tables_are_fresh():
         results.write_tables(sweep_dir)
-        written["tables"] = [sweep_dir / "trials.parquet", sweep_dir / "history.parquet"]
+        written["tables"] = [folder.table_path("trials"), folder.table_path("history")]
     sweep = results.load_sweep(sweep_dir, criteria)
     if not sweep.trials.empty and sort not in sweep.trials.columns:
         raise AnalysisError(f"--sort {sort!r} is not a column of the trials table; use one of "
@@ -69,7 +72,7 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
     written["importances"] = optuna_export.importances(study)
     written["summary"] = [sweep_dir / SUMMARY_FILE]
     sections = report(sweep, sort, top, written)
-    (sweep_dir / SUMMARY_FILE).write_text(format_table(sections, sweep) + "\n")
+    write_text(sweep_dir / SUMMARY_FILE, format_table(sections, sweep) + "\n")
     return sweep, written
 
 
@@ -97,22 +100,16 @@ def export_best(sweep: results.Sweep, metric: str, folder: str | Path) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dim = int(state["model"]["input.weight"].shape[1])
-    torch.save({"model": state["model"], "config": state["config"], "dim": dim,
-                "epoch": int(state["epoch"]), "val_margin": float(metrics["val_margin"]),
-                "trial_id": str(trial["trial_id"]), "sweep": str(sweep.path)},
-               folder / "best.pt")
+    with atomic_path(folder / "best.pt") as temporary:
+        torch.save({"model": state["model"], "config": state["config"], "dim": dim,
+                    "epoch": int(state["epoch"]), "val_margin": float(metrics["val_margin"]),
+                    "trial_id": str(trial["trial_id"]), "sweep": str(sweep.path)}, temporary)
     labels = {name: results.plain(trial[name]) for name in (*results.KEYS, "trial_dir")}
-    (folder / "config.json").write_text(json.dumps(
-        {**state["config"], **labels, "dim": dim, "sweep": str(sweep.path)}, indent=2))
+    write_json(folder / "config.json",
+               {**state["config"], **labels, "dim": dim, "sweep": str(sweep.path)})
     metrics = {name: results.plain(value) for name, value in metrics.items()}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(folder / "metrics.json", metrics)
     return metrics
-
-
-def latest_checkpoint(trial_dir: Path) -> Path | None:
-    """trial_dir/checkpoint_<n>/state.pt with the highest n, or None."""
-    found = sorted(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
-    return found[-1] if found else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,7 +146,7 @@ def report(sweep: results.Sweep, sort: str, top: int, written: dict) -> dict:
 def _overview(sweep: results.Sweep) -> pd.DataFrame:
     """One row: name, sweep state, where the tables came from, trials per status/verdict."""
     trials = sweep.trials
-    row = {"sweep": sweep.path.name, "state": sweep.plan.get("state", "unknown"),
+    row = {"sweep": sweep.path.name, "state": sweep.run_state.get("state", "unknown"),
            "read_from": sweep.source, "trials": len(trials)}
     if not trials.empty:
         row.update({f"status_{k}": int(v) for k, v in trials["status"].value_counts().items()})
@@ -162,7 +159,7 @@ def _overview(sweep: results.Sweep) -> pd.DataFrame:
 def reading(sweep: results.Sweep) -> list[str]:
     """Plain sentences that say what the numbers mean (printed in the table format)."""
     lines = []
-    if results.sweep_is_running(sweep.path) and sweep.plan.get("state") == "running":
+    if SweepFolder(sweep.path).is_running() and sweep.run_state.get("state") == "running":
         lines.append("The sweep is still running: every number below is provisional.")
     signals = sweep.data_signals
     if not signals.empty:
@@ -225,10 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tune_p7.analyze",
         description="Analyse a sweep folder: signals, trivial predictors, cells, leaderboard "
                     "with verdicts and flags, best config; writes plots, optuna.db, summary.")
-    parser.add_argument("sweep", help="sweep folder, e.g. results/NAME")
-    parser.add_argument("--sort", default="val_margin",
-                        help="trials column to rank by (default val_margin, the last epoch's)")
-    parser.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    results.add_ranking_arguments(parser, top=10, top_help="leaderboard rows")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--export-best", metavar="DIR",
                         help="write the best trial's model as DIR/best.pt + config.json")

@@ -2,7 +2,7 @@
 
 A sweep ranks configs by one training run each, and the top of that ranking is partly luck
 (the winner's curse). This re-trains the top configs and the baseline cell on new seeds,
-through the same Ray machinery (tune_p7.sweep.run_fixed_trials, experiment
+through the same Ray machinery (tune_p7.tuner.run_fixed_trials, experiment
 ``ray/confirm-<sort>-top<N>-seeds<S>``, at full budget, no early stopping), then reports per
 config the mean of the final val_margin over the new seeds with a 95% t confidence
 interval, and whether the best confirmed config beats the baseline cell beyond noise (the
@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from tune_p7 import results
 from tune_p7.data import DataError, load_dataset
-from tune_p7.sweep import SweepError, TrialOptions, run_fixed_trials, start_ray
+from tune_p7.folder import SweepFolder
+from tune_p7.plan import Plan
+from tune_p7.tuner import (SweepError, add_trial_arguments, run_fixed_trials, start_ray,
+                           trial_options)
 
 # Settings that do not make a config different: the seed is what confirm varies, threads
 # and device are how a trial runs, not what it computes.
@@ -34,7 +36,7 @@ NOT_IDENTITY = ("seed", "threads", "device")
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-SUMMARY_FILE = "confirmation.parquet"
+SUMMARY_TABLE = "confirmation"  # confirmation.parquet in the sweep folder
 BASELINE_CELL = "baseline"
 
 
@@ -178,59 +180,49 @@ def verdict_line(table: pd.DataFrame, trials: pd.DataFrame, experiment: str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tune_p7.confirm",
-        description="Re-train the top configs and the baseline cell on new seeds; report "
-                    "mean ± 95% CI of val Δ and whether the winner beats the cell beyond noise.")
-    parser.add_argument("sweep", help="sweep folder, e.g. results/NAME")
-    parser.add_argument("--top", type=int, default=3, help="configs to confirm (default 3)")
+    # --help shows the module's explanation: why the top of a sweep needs confirming.
+    parser = argparse.ArgumentParser(prog="python -m tune_p7.confirm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    results.add_ranking_arguments(parser, top=3, top_help="configs to confirm")
     parser.add_argument("--seeds", type=int, default=3, help="new seeds per config (default 3)")
-    parser.add_argument("--sort", default="val_margin",
-                        help="trials column that picks the top configs (default val_margin)")
-    parser.add_argument("--max-concurrent", type=int, default=0,
-                        help="trials at once (default: as many as CPUs/GPUs allow)")
-    parser.add_argument("--cpus-per-trial", type=int, default=1)
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    parser.add_argument("--address", help="Ray cluster address ('auto' or host:port)")
+    add_trial_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        options = trial_options(args)
         plan, candidates, configs, experiment = _prepare(args)
-        dataset = load_dataset(plan["data"], split_seed=0)
-    except (results.NotASweep, ConfirmError, DataError) as error:
+        dataset = load_dataset(plan.data, split_seed=0)
+    except (results.NotASweep, ConfirmError, DataError, SweepError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    folder = SweepFolder(args.sweep)
     print(f"confirming {len(candidates)} configs x {args.seeds} seeds "
-          f"({len(configs)} trials) in {Path(args.sweep) / 'ray' / experiment}", flush=True)
-    options = TrialOptions(cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, device=args.device,
-                           max_concurrent=args.max_concurrent)
+          f"({len(configs)} trials) in {folder.path / 'ray' / experiment}", flush=True)
     try:
         start_ray(args.address, dashboard=False)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _, interrupted = run_fixed_trials(args.sweep, experiment, configs, dataset, options)
-    trials, _ = results.write_tables(args.sweep)
+    _, interrupted = run_fixed_trials(folder, experiment, configs, dataset, options)
+    trials, _ = results.write_tables(folder.path)
     table = confirmation(trials, candidates, experiment)
-    table.to_parquet(Path(args.sweep) / SUMMARY_FILE, index=False)
+    folder.write_table(SUMMARY_TABLE, table)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
     print(verdict_line(table, trials, experiment))
-    print(f"re-runs: {Path(args.sweep) / 'trials.parquet'} (phase confirm, experiment "
-          f"{experiment}); summary: {Path(args.sweep) / SUMMARY_FILE}")
+    print(f"re-runs: {folder.table_path('trials')} (phase confirm, experiment "
+          f"{experiment}); summary: {folder.table_path(SUMMARY_TABLE)}")
     return 130 if interrupted else 0
 
 
-def _prepare(args) -> tuple[dict, pd.DataFrame, list[dict], str]:
+def _prepare(args) -> tuple[Plan, pd.DataFrame, list[dict], str]:
     """Check the arguments, load the sweep, pick candidates, seeds and configs."""
     if args.top < 1 or args.seeds < 1:
         raise ConfirmError(f"--top ({args.top}) and --seeds ({args.seeds}) must be at least 1.")
     sweep = results.load_sweep(args.sweep)
-    if not sweep.plan:
+    if not SweepFolder(args.sweep).holds_sweep():
         raise ConfirmError(f"{args.sweep} has no sweep.json, so its data cannot be reloaded; "
                            f"confirm needs the folder the sweep wrote.")
     if sweep.trials.empty or args.sort not in sweep.trials.columns:

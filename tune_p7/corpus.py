@@ -58,6 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tune_p7.files import atomic_path
+
 MIN_CHUNKS = 8
 MARKER = "### "
 TEXT_SUFFIXES = (".txt", ".md", ".txt.gz", ".md.gz")
@@ -400,10 +402,8 @@ def batch_key(spec: EncoderSpec, precision: str, texts: list[str]) -> str:
 
 def save_atomic_npy(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file beside ``path``, then rename (no torn cache files)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "wb") as out:
-        np.save(out, array)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        np.save(temporary, array)
 
 
 def encode_batch(model, texts: list[str], precision: str) -> np.ndarray:
@@ -465,17 +465,8 @@ def check_vectors(vectors: np.ndarray, encoder: str) -> None:
 def write_npz_atomic(out: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed into a temporary file in out's folder, then rename onto ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as temporary:
+        np.savez_compressed(temporary, **arrays)
 
 
 def val_mask(names: list[str], prefix: str | None, text: Path) -> np.ndarray | None:

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
-from tune_p7.metrics import data_signals, trivial_baselines
+from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.metrics import reference_metrics
 
 MAX_LAG = 10
 SIGNALS = ("forward_signal", "recency", "coherence")
@@ -59,20 +59,18 @@ def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7)) -> dic
         if dataset.knows_documents else {},
         "contexts": {},
     }
-    table = device_table(dataset.vectors, "cpu")
     for context in contexts:
         try:
-            splits = {split: dataset.windows(context, split) for split in ("train", "val")}
+            reference = reference_metrics(dataset, context)
         except DataError as error:
             report["contexts"][str(context)] = {"error": str(error)}
             continue
-        signals = {split: data_signals(windows) for split, windows in splits.items()}
-        baselines = trivial_baselines(BatchSource(splits["val"], table))
+        signals = reference["signals"]
         report["contexts"][str(context)] = {
-            "windows": {split: len(windows) for split, windows in splits.items()},
+            "windows": {split: values["windows"] for split, values in signals.items()},
             "signals": signals,
             "parity": {name: signals["val"][name] - signals["train"][name] for name in SIGNALS},
-            "baselines": baselines,
+            "baselines": reference["baselines"],
         }
     return report
 
@@ -116,9 +114,10 @@ def format_report(report: dict) -> str:
                          f"{values['val'][name]:+.4f}  (val - train {part['parity'][name]:+.4f})")
         lines.append("  trivial predictors on validation windows:")
         for name, metrics in part["baselines"].items():
-            lines.append(f"    {name:<13} Δ {metrics['margin']:+.4f}  cos_next "
-                         f"{metrics['cos_next']:.4f}  cos_prev {metrics['cos_prev']:.4f}  "
-                         f"R@5 {metrics['r_at_5']:.3f}  global R@5 {metrics['global_r_at_5']:.3f}")
+            lines.append(f"    {name:<13} Δ {metrics['val_margin']:+.4f}  cos_next "
+                         f"{metrics['val_cos_next']:.4f}  cos_prev {metrics['val_cos_prev']:.4f}  "
+                         f"R@5 {metrics['val_r_at_5']:.3f}  global R@5 "
+                         f"{metrics['val_global_r_at_5']:.3f}")
     return "\n".join(lines)
 
 

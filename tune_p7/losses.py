@@ -15,20 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tune_p7.config import LossConfig
+
 DUPLICATE_COSINE = 1.0 - 1e-6  # candidates this close to the positive are the same vector
-
-
-@dataclass
-class LossConfig:
-    temperature: float = 0.07     # InfoNCE softmax temperature
-    margin: float = 0.07          # prev-repel hinge margin m
-    gate_threshold: float = 0.03  # forward signal f_i >= this gets full weight
-    gate_low_weight: float = 0.25  # weight of windows below the threshold
-    teacher_threshold: float = 0.20  # teacher pulls samples with cos(p, next) below this
-    weight_rank: float = 1.0      # w_rank
-    weight_margin: float = 1.0    # w_margin
-    weight_teacher: float = 0.2   # w_teacher
-    warmup_epochs: int = 2        # teacher pull active while epoch < warmup_epochs (0-based)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tune_p7.data import BatchSource, WindowSet
+from tune_p7.data import BatchSource, Dataset, WindowSet, device_table
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # contexts (B, K, D) -> p (B, D) unit
 RANKS = (1, 5, 10)
@@ -147,6 +147,25 @@ def trivial_baselines(source: BatchSource, **evaluate_options) -> dict[str, dict
     """Metrics of every trivial predictor on the same windows: {name: metrics}."""
     return {name: evaluate(predictor, source, **evaluate_options)
             for name, predictor in TRIVIAL_PREDICTORS.items()}
+
+
+def reference_metrics(dataset: Dataset, context: int,
+                      global_queries: int | None = 4096) -> dict[str, dict]:
+    """What every trial of context K is judged against: trivial predictors and data signals.
+
+    Returns {"baselines": {predictor: {"val_<metric>": value}}, "signals": {"train" | "val":
+    data_signals(...)}}: the trivial predictors on the validation windows of K (under the
+    names of a trial's val_* metrics, the window count left out: the signals carry it) and
+    the directional signals of both splits. global_queries: as in :func:`evaluate`. The one
+    place train, the sweep and ``python -m tune_p7.data inspect`` get these numbers from.
+    """
+    splits = {split: dataset.windows(context, split) for split in ("train", "val")}
+    table = device_table(dataset.vectors, "cpu")
+    scores = trivial_baselines(BatchSource(splits["val"], table), global_queries=global_queries)
+    return {"baselines": {name: {f"val_{key}": value for key, value in metrics.items()
+                                 if key != "windows"}
+                          for name, metrics in scores.items()},
+            "signals": {split: data_signals(windows) for split, windows in splits.items()}}
 
 
 def data_signals(windows: WindowSet) -> dict[str, float]:

@@ -11,37 +11,11 @@ a gradient and the trainer projects it back into [lambda_min, lambda_max] after 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class ModelConfig:
-    dim: int = 768                # D, the embedding dimension of the data
-    context: int = 5              # K, context chunks per window (size of the position table)
-    architecture: str = "transformer"  # "transformer" or "lstm"
-    d_model: int = 512            # width of the encoder
-    layers: int = 4               # encoder layers
-    heads: int = 8                # attention heads (transformer only)
-    dropout: float = 0.1
-    anchor_lambda: float = 0.8    # initial (or fixed) weight of the model's own prediction q
-    learn_lambda: bool = True     # False keeps lambda fixed at anchor_lambda
-    lambda_min: float = 0.6       # learnable lambda stays inside [lambda_min, lambda_max]
-    lambda_max: float = 0.9
-
-    def __post_init__(self):
-        if self.architecture not in ("transformer", "lstm"):
-            raise ValueError(f"architecture must be 'transformer' or 'lstm', "
-                             f"not {self.architecture!r}.")
-        if self.learn_lambda and not self.lambda_min <= self.anchor_lambda <= self.lambda_max:
-            raise ValueError(f"anchor_lambda {self.anchor_lambda} lies outside its learnable "
-                             f"range [{self.lambda_min}, {self.lambda_max}]; widen the range "
-                             f"or fix lambda.")
-        if self.architecture == "transformer" and self.d_model % self.heads:
-            raise ValueError(f"d_model {self.d_model} must be divisible by heads {self.heads}.")
+from tune_p7.config import ModelConfig
 
 
 class Block(nn.Module):

@@ -30,6 +30,8 @@ import pandas as pd
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from tune_p7.files import atomic_path
+from tune_p7.plan import Plan
 from tune_p7.results import Sweep, plain
 
 STUDY_FILE = "optuna.db"
@@ -49,24 +51,23 @@ def export_study(sweep: Sweep, path: str | Path | None = None) -> optuna.Study:
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line per export
     path = Path(path or sweep.path / STUDY_FILE)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
     name = sweep.path.name
-    study = optuna.create_study(storage=f"sqlite:///{temporary}", study_name=name,
-                                direction="maximize")
-    study.set_user_attr("metric", "val_margin (final epoch)")
     trials = sweep.trials[sweep.trials["phase"] != "confirm"]
     distributions = study_distributions(sweep.plan, trials, sweep.parameters())
-    for _, trial in trials.iterrows():
-        study.add_trial(_frozen_trial(trial, sweep.history, distributions))
-    temporary.replace(path)  # every trial was committed; SQLite keeps no journal between them
+    # Every trial is committed before the rename; SQLite keeps no journal between them.
+    with atomic_path(path) as temporary:
+        study = optuna.create_study(storage=f"sqlite:///{temporary}", study_name=name,
+                                    direction="maximize")
+        study.set_user_attr("metric", "val_margin (final epoch)")
+        for _, trial in trials.iterrows():
+            study.add_trial(_frozen_trial(trial, sweep.history, distributions))
     return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
 
 
-def study_distributions(plan: dict, trials: pd.DataFrame, parameters: list[str]) -> dict:
+def study_distributions(plan: Plan, trials: pd.DataFrame, parameters: list[str]) -> dict:
     """{parameter: distribution}: the plan's Optuna ranges, integer fields as
     IntDistribution, each widened to hold every trial's value."""
-    ranges = plan.get("optuna", {}).get("params", {})
+    ranges = plan.optuna.params
     distributions = {}
     for name in parameters:
         values = pd.to_numeric(trials[name], errors="coerce").dropna()

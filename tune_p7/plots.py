@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tune_p7.files import atomic_path
 from tune_p7.results import Sweep
 
 PLOT_FILES = ("val_margin_by_epoch.png", "val_margin_by_parameter.png",
@@ -47,11 +48,9 @@ def write_plots(sweep: Sweep, folder: str | Path | None = None) -> list[Path]:
     paths = []
     for name, draw in zip(PLOT_FILES, drawers):
         figure = draw(sweep)
-        path = folder / name
-        temporary = path.with_name(f".{name}.tmp.png")
-        figure.savefig(temporary, dpi=DPI, bbox_inches="tight")
-        temporary.replace(path)
-        paths.append(path)
+        with atomic_path(folder / name) as temporary:
+            figure.savefig(temporary, dpi=DPI, bbox_inches="tight")
+        paths.append(folder / name)
     return paths
 
 
@@ -139,7 +138,7 @@ def _predictor_lines(axes, sweep: Sweep) -> None:
 
 def _main_context(sweep: Sweep) -> int:
     """The context of the Optuna trials (sweep.json), else the most common one."""
-    planned = sweep.plan.get("optuna", {}).get("context")
+    planned = sweep.plan.optuna.context
     if planned is not None:
         return int(planned)
     return int(sweep.trials["context"].mode().iloc[0])
@@ -151,7 +150,7 @@ def _margin_by_parameter(sweep: Sweep) -> Figure:
     figure = Figure(figsize=(4.2 * len(parameters), 4.2))
     trials = _reported(sweep.trials)
     colours = _cell_colours(sweep.trials)
-    ranges = sweep.plan.get("optuna", {}).get("params", {})
+    ranges = sweep.plan.optuna.params
     for index, name in enumerate(parameters):
         axes = figure.add_subplot(1, len(parameters), index + 1)
         axes.set(xlabel=name, ylabel="final val Δ" if index == 0 else None)

@@ -4,8 +4,9 @@
     sweep.leaderboard("val_cos_next", top=10)          # DataFrames all the way
     trials, history = write_tables("results/NAME")     # what the sweep calls at its end
 
-The folder layout is the contract in docs/sweep-folder.md. Tables are built from Ray's
-per-trial files (params.json, result.json, error.txt), so they can be read while a sweep
+The folder layout is the contract in docs/sweep-folder.md, read through tune_p7.folder.
+Tables are built from Ray's per-trial files (params.json, result.json, error.txt), so they
+can be read while a sweep
 runs, after it was interrupted, and when trials failed. Column names are the training
 history's names (tune_p7.train), so a sweep and a single ``python -m tune_p7.train`` run
 are analysed the same way. Verdicts and flags (tune_p7.verdicts) are columns of trials.
@@ -13,33 +14,24 @@ are analysed the same way. Verdicts and flags (tune_p7.verdicts) are columns of 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import socket
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
-from tune_p7.train import TrainConfig
+from tune_p7.config import TrainConfig
+from tune_p7.folder import (RAY_FOLDER, SweepFolder, ray_trial_states, read_error, read_params,
+                            read_results, trial_id)
+from tune_p7.plan import Plan
 from tune_p7.verdicts import Criteria, annotate
 
 KEYS = ("trial_id", "experiment", "phase", "cell")
 STATUSES = ("complete", "stopped_early", "error", "running", "pending", "interrupted")
-# Fields Ray adds to every reported result; everything else in result.json is a metric.
-RAY_FIELDS = frozenset({
-    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
-    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
-    "time_since_restore", "iterations_since_restore", "should_checkpoint", "experiment_tag",
-    "episodes_total", "timesteps_total", "timesteps_since_restore", "experiment_id"})
 # The config's anchor_lambda is the initial lambda; the learned value of the last epoch
 # gets its own name in the trials table.
 RENAMED_LAST_METRICS = {"anchor_lambda": "final_anchor_lambda"}
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-RAY_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
 CONFIG_FIELDS = tuple(field.name for field in fields(TrainConfig))
 # The columns a trials table has even before any trial exists.
 TRIAL_COLUMNS = (*KEYS, "trial_dir", *CONFIG_FIELDS, "status", "error", "epochs_run",
@@ -60,67 +52,51 @@ def collect_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         verdict and flag columns of tune_p7.verdicts with the default Criteria.
     history: one row per trial and epoch: KEYS, epoch, every metric of the training history.
     """
-    sweep_dir = Path(sweep_dir)
-    ray_dir = sweep_dir / "ray"
-    if not ray_dir.is_dir():
-        raise NotASweep(f"{sweep_dir} is not a sweep folder (it has no ray/ sub-folder); "
+    folder = SweepFolder(sweep_dir)
+    if not (folder.path / RAY_FOLDER).is_dir():
+        raise NotASweep(f"{folder.path} is not a sweep folder (it has no ray/ sub-folder); "
                         f"pass the folder that python -m tune_p7.sweep wrote.")
-    running = sweep_is_running(sweep_dir)
-    rows, histories = [], []
-    for experiment_dir in sorted(path for path in ray_dir.iterdir() if path.is_dir()):
-        ray_trials = ray_trial_states(experiment_dir)
-        for params_path in sorted(experiment_dir.glob("*/params.json")):
-            trial_dir = params_path.parent
-            if not _readable_json(params_path):
-                warnings.warn(f"{trial_dir}: params.json is empty or cut short (the sweep was "
-                              f"killed while writing it); this trial is left out until "
-                              f"--resume runs it again.", stacklevel=2)
-                continue
-            row, history = read_trial(trial_dir, ray_trials.get(trial_dir.name, {}), running)
-            row["trial_dir"] = str(trial_dir.relative_to(sweep_dir))
-            rows.append(row)
-            histories.append(history)
+    running = folder.is_running()
+    rows, histories, states = [], [], {}
+    for experiment_dir, trial_dir in folder.trial_dirs():
+        if experiment_dir not in states:
+            states[experiment_dir] = ray_trial_states(experiment_dir)
+        params = read_params(trial_dir)
+        if params is None:
+            warnings.warn(f"{trial_dir}: params.json is empty or cut short (the sweep was "
+                          f"killed while writing it); this trial is left out until "
+                          f"--resume runs it again.", stacklevel=2)
+            continue
+        row, history = read_trial(trial_dir, params,
+                                  states[experiment_dir].get(trial_dir.name, {}), running)
+        row["trial_dir"] = str(trial_dir.relative_to(folder.path))
+        rows.append(row)
+        histories.append(history)
     history = _history_frame(histories)
-    trials = annotate(_trials_frame(rows), history, read_table(sweep_dir, "baselines"))
+    trials = annotate(_trials_frame(rows), history, folder.read_table("baselines"))
     return trials, history
 
 
 def write_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """collect_tables, then write sweep_dir/trials.parquet and history.parquet atomically."""
     trials, history = collect_tables(sweep_dir)
-    for name, frame in (("trials", trials), ("history", history)):
-        _write_parquet(frame, Path(sweep_dir) / f"{name}.parquet")
+    folder = SweepFolder(sweep_dir)
+    folder.write_table("trials", trials)
+    folder.write_table("history", history)
     return trials, history
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(temporary, index=False)
-    temporary.replace(path)
-
-
-def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return True
-
-
-def read_trial(trial_dir: Path, ray_trial: dict,
+def read_trial(trial_dir: Path, params: dict, ray_trial: dict,
                sweep_running: bool) -> tuple[dict, pd.DataFrame]:
-    """One trial folder -> (trials row, history frame).
+    """One trial folder and its params.json content -> (trials row, history frame).
 
     ray_trial: {"status": TERMINATED | ERROR | RUNNING | ..., "trial_id"} from Ray's
-    experiment state, or {} when unknown. sweep_running: see sweep_is_running.
+    experiment state, or {} when unknown. sweep_running: SweepFolder.is_running().
     """
-    params = json.loads((trial_dir / "params.json").read_text())
-    epochs = read_result_lines(trial_dir / "result.json")
-    error_path = trial_dir / "error.txt"
-    error = error_line(error_path.read_text(errors="replace")) if error_path.exists() else ""
-    trial_id = _trial_id(trial_dir, ray_trial.get("trial_id"))
-    labels = {"trial_id": trial_id, "experiment": trial_dir.parent.name,
+    epochs = read_results(trial_dir / "result.json").epochs
+    error = read_error(trial_dir)
+    labels = {"trial_id": trial_id(trial_dir, ray_trial.get("trial_id")),
+              "experiment": trial_dir.parent.name,
               "phase": params.get("phase", ""), "cell": params.get("cell", "") or ""}
     history = pd.DataFrame([{**labels, **epoch} for epoch in epochs])
     planned = int(params.get("epochs", TrainConfig().epochs))
@@ -130,34 +106,6 @@ def read_trial(trial_dir: Path, ray_trial: dict,
            "status": status, "error": error, "epochs_run": len(epochs),
            "stopped_early": status == "stopped_early", **_summary(epochs)}
     return row, history
-
-
-def read_result_lines(path: Path) -> list[dict]:
-    """Per-epoch metrics from a Ray result.json (one JSON object per line), by epoch.
-
-    Ray's own fields are dropped. A resumed trial reports the epochs after its checkpoint
-    again; the last report of an epoch wins. A half-written last line (the trial is writing
-    it now) is skipped. Returns dicts with "epoch" first, sorted by epoch.
-    """
-    if not path.exists():
-        return []
-    by_epoch: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items() if k not in RAY_FIELDS and k != "epoch"}
-        by_epoch[epoch] = {"epoch": epoch, **metrics}
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
-
-
-def error_line(text: str) -> str:
-    """The last meaningful line of a Ray error.txt: the exception and its message."""
-    lines = [ANSI.sub("", line).strip() for line in text.splitlines()]
-    meaningful = [line for line in lines if line and set(line) - set("^~ ")]
-    return meaningful[-1] if meaningful else "failed (empty error.txt)"
 
 
 def trial_status(epochs_run: int, epochs: int, failed: bool, ray_status: str | None,
@@ -180,76 +128,6 @@ def trial_status(epochs_run: int, epochs: int, failed: bool, ray_status: str | N
     if not sweep_running:
         return "interrupted"
     return "running" if epochs_run or ray_status == "RUNNING" else "pending"
-
-
-def sweep_is_running(sweep_dir: Path) -> bool:
-    """Whether the sweep process still runs, from sweep.json's "state", "host" and "pid".
-
-    "state" is "running" while a Tuner run is in progress ("planned", "finished" or
-    "interrupted" otherwise). A "running" sweep whose recorded process is gone from this
-    host (killed without a chance to write its state) counts as not running. No state
-    recorded counts as running, so unfinished trials never read as silently ended.
-    """
-    path = Path(sweep_dir) / "sweep.json"
-    try:
-        plan = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:  # being rewritten right now
-        return True
-    if plan.get("state", "running") != "running":
-        return False
-    return not (plan.get("host") == socket.gethostname() and "pid" in plan
-                and not _process_alive(int(plan["pid"])))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def ray_trial_states(experiment_dir: Path) -> dict[str, dict]:
-    """{trial folder name: {"status", "trial_id"}} from Ray's newest experiment_state-*.json.
-
-    Ray writes no per-trial "finished" file; this snapshot is the only place that says a
-    trial was terminated (e.g. by ASHA) rather than still running or interrupted. Its layout
-    is Ray's, so anything unexpected yields {} and the status falls back to error.txt and
-    sweep.json.
-    """
-    # Names carry the session's start time (experiment_state-YYYY-MM-DD_HH-MM-SS.json), so
-    # name order is session order; modification times are not: after a resume Ray copies
-    # the older session's file again on every sync.
-    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not snapshots:
-        return {}
-    try:
-        trial_data = json.loads(snapshots[-1].read_text())["trial_data"]
-        trials = [json.loads(entry[0]) for entry in trial_data]
-        return {trial["relative_logdir"]: {"status": trial["status"],
-                                           "trial_id": trial["trial_id"]}
-                for trial in trials}
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-        return {}
-
-
-def _trial_id(trial_dir: Path, ray_trial_id: str | None) -> str:
-    """Ray's trial_id, stable from the trial's start: from the first result line, else
-    Ray's experiment state, else Ray's default folder name, else the folder name (unique
-    inside its experiment)."""
-    result_path = trial_dir / "result.json"
-    if result_path.exists():
-        with result_path.open() as lines:
-            try:
-                return str(json.loads(next(lines, "{}"))["trial_id"])
-            except (json.JSONDecodeError, KeyError):
-                pass
-    if ray_trial_id:
-        return str(ray_trial_id)
-    match = RAY_TRIAL_ID.search(trial_dir.name)
-    return match.group(1) if match else trial_dir.name
 
 
 def _summary(epochs: list[dict]) -> dict:
@@ -285,12 +163,6 @@ def _history_frame(histories: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(non_empty, ignore_index=True)
 
 
-def read_table(sweep_dir: str | Path, name: str) -> pd.DataFrame:
-    """sweep_dir/<name>.parquet (baselines, data_signals, ...), or an empty DataFrame."""
-    path = Path(sweep_dir) / f"{name}.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
-
 # ---------------------------------------------------------------------------------------
 # The Python API: a loaded sweep and helpers that return DataFrames
 
@@ -301,14 +173,15 @@ DEFAULT_PARAMETERS = ("context", "margin", "temperature", "anchor_lambda")
 
 @dataclass
 class Sweep:
-    """A loaded sweep folder. Every attribute is a plain DataFrame or dict."""
+    """A loaded sweep folder. Every table is a plain DataFrame."""
 
     path: Path
     trials: pd.DataFrame         # one row per trial, with verdict and flag columns
     history: pd.DataFrame        # one row per trial and epoch
     baselines: pd.DataFrame      # trivial predictors: one row per (context, predictor)
     data_signals: pd.DataFrame   # one row per (context, split)
-    plan: dict                   # sweep.json ({} when absent)
+    plan: Plan                   # sweep.json's plan (defaults where it has none)
+    run_state: dict              # sweep.json's "state", "host", "pid" (those recorded)
     source: str                  # "ray" (read from Ray's files now) or "parquet"
 
     def leaderboard(self, sort: str = "val_margin", top: int | None = None) -> pd.DataFrame:
@@ -336,35 +209,21 @@ def load_sweep(path: str | Path, criteria: Criteria = Criteria()) -> Sweep:
     Works on a running, interrupted or failed sweep. Verdicts and flags are recomputed
     with ``criteria``. Raises NotASweep (one sentence) for a path that is not a sweep.
     """
-    sweep_dir = Path(path)
-    has_ray, has_tables = (sweep_dir / "ray").is_dir(), (sweep_dir / "trials.parquet").exists()
+    folder = SweepFolder(path)
+    has_ray, has_tables = (folder.path / RAY_FOLDER).is_dir(), folder.table_path("trials").exists()
     if not (has_ray or has_tables):
-        raise NotASweep(f"{sweep_dir} is not a sweep folder (no ray/ results and no "
+        raise NotASweep(f"{folder.path} is not a sweep folder (no ray/ results and no "
                         f"trials.parquet); pass a folder that python -m tune_p7.sweep wrote.")
-    if has_tables and (not has_ray or tables_are_fresh(sweep_dir)):
-        trials, history = read_table(sweep_dir, "trials"), read_table(sweep_dir, "history")
+    if has_tables and (not has_ray or folder.tables_are_fresh()):
+        trials, history = folder.read_table("trials"), folder.read_table("history")
         source = "parquet"
     else:
-        trials, history = collect_tables(sweep_dir)
+        trials, history = collect_tables(folder.path)
         source = "ray"
-    baselines = read_table(sweep_dir, "baselines")
-    plan_path = sweep_dir / "sweep.json"
-    plan = json.loads(plan_path.read_text()) if plan_path.exists() else {}
-    return Sweep(sweep_dir, annotate(trials, history, baselines, criteria), history, baselines,
-                 read_table(sweep_dir, "data_signals"), plan, source)
-
-
-def tables_are_fresh(sweep_dir: Path) -> bool:
-    """trials.parquet and history.parquet are newer than every Ray file and sweep.json, and
-    the sweep is not running (a running sweep changes them with every epoch)."""
-    tables = [sweep_dir / "trials.parquet", sweep_dir / "history.parquet"]
-    if not all(path.exists() for path in tables) or sweep_is_running(sweep_dir):
-        return False
-    written = min(path.stat().st_mtime for path in tables)
-    sources = [sweep_dir / "sweep.json", *sweep_dir.glob("ray/*/experiment_state-*.json")]
-    for trial_dir in sweep_dir.glob("ray/*/*/"):
-        sources += [trial_dir / name for name in ("params.json", "result.json", "error.txt")]
-    return all(path.stat().st_mtime <= written for path in sources if path.exists())
+    baselines = folder.read_table("baselines")
+    return Sweep(folder.path, annotate(trials, history, baselines, criteria), history,
+                 baselines, folder.read_table("data_signals"), folder.read_plan(),
+                 folder.run_state(), source)
 
 
 def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
@@ -382,6 +241,15 @@ def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
               .drop(columns="_failed"))
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked.head(top) if top else ranked
+
+
+def add_ranking_arguments(parser, top: int, top_help: str) -> None:
+    """The sweep folder, --sort and --top of a command that ranks a sweep's trials
+    (analyze, confirm): the same ranking (:func:`leaderboard`) behind both."""
+    parser.add_argument("sweep", help="sweep folder, e.g. results/NAME")
+    parser.add_argument("--sort", default="val_margin",
+                        help="trials column to rank by (default val_margin, the last epoch's)")
+    parser.add_argument("--top", type=int, default=top, help=f"{top_help} (default {top})")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -447,12 +315,12 @@ def comparison(trials: pd.DataFrame, baselines: pd.DataFrame,
                                         *[f"{m}_diff" for m in metrics]]]
 
 
-def searched_parameters(plan: dict, trials: pd.DataFrame) -> list[str]:
+def searched_parameters(plan: Plan, trials: pd.DataFrame) -> list[str]:
     """The hyperparameters the sweep varied: the Optuna ranges of sweep.json plus the fields
     in which the baseline cells differ; without a plan, the usual P7 ones present in trials."""
-    cells = plan.get("cells", [])
+    cells = plan.cells
     varied = {name for name in CONFIG_FIELDS if len({str(c.get(name)) for c in cells}) > 1}
-    names = list(plan.get("optuna", {}).get("params", {})) + sorted(varied)
+    names = list(plan.optuna.params) + sorted(varied)
     if not names:
         names = list(DEFAULT_PARAMETERS)
     return [name for name in dict.fromkeys(names) if name in trials.columns]

@@ -31,11 +31,12 @@ epoch, which the results call ``stopped_early``; :attr:`SeededASHA.stopped` hold
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from tune_p7.folder import read_history
 
 
 class SeededASHA(FIFOScheduler):
@@ -117,23 +118,3 @@ def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[
         epochs.append(epoch)
         k += 1
     return sorted(set(epochs))
-
-
-def read_history(path: Path, metric: str) -> tuple[dict[int, float], int | None]:
-    """({epoch: metric} from a Ray result.json, the last line's epoch if Ray marked it done).
-
-    Ray marks ``done`` the result it stopped a trial at (and sometimes a finished trial's
-    last). The last report of an epoch wins (a resumed trial reports epochs again); a
-    half-written line is skipped; a missing file is an empty history.
-    """
-    values, done_at = {}, None
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "epoch" in result:
-            values[int(result["epoch"])] = result.get(metric)
-            done_at = int(result["epoch"]) if result.get("done") else None
-    return values, done_at

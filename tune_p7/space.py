@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from tune_p7.train import TrainConfig
+from tune_p7.config import TrainConfig
+from tune_p7.files import UnreadableFile, read_yaml
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "p7.yaml"
 PROFILES = ("quick", "full")
@@ -88,11 +87,28 @@ class SearchSpace:
         """{field: optuna FloatDistribution} for OptunaSearch(space=...)."""
         return {name: value.optuna() for name, value in self.params.items()}
 
+    def param_specs(self) -> dict[str, dict]:
+        """{field: {"low", "high", "log"}}: the searched ranges as plain values (sweep.json)."""
+        return {name: dataclasses.asdict(value) for name, value in self.params.items()}
+
 
 def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     """Read and check a search space file; raises SpaceError naming file and key."""
     name = str(path)
-    content = _read_yaml(Path(path), name)
+    try:
+        content = read_yaml(path)
+    except UnreadableFile as error:
+        raise SpaceError(f"{name}: {error}; fix the file or pass another one with "
+                         f"--space.") from None
+    return parse_space(content, name)
+
+
+def parse_space(content, name: str) -> SearchSpace:
+    """Check a search space's parsed content (as in a file, or as saved in sweep.json);
+    ``name`` is the file named in messages. Raises SpaceError naming name and key."""
+    if not isinstance(content, dict):
+        raise SpaceError(f"{name}: must be a mapping with keys {list(SECTIONS)}, not "
+                         f"{type(content).__name__}; see search_spaces/p7.yaml.")
     _check_keys(content, SECTIONS, name, "", required=True)
     fixed = _settings(content["fixed"], name, "fixed")
     cells = _cells(content["cells"], name)
@@ -131,26 +147,6 @@ def check_profile(space: SearchSpace, profile: str, overrides: dict | None = Non
         raise SpaceError(f"{name}: key '{prefix}.asha.grace_period' ({grace}) must be longer "
                          f"than the teacher warm-up (warmup_epochs {warmup}), because "
                          f"val_margin jumps when warm-up ends; raise it above {warmup}.")
-
-
-def _read_yaml(path: Path, name: str) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise SpaceError(f"{name}: cannot be read ({error.strerror}); pass an existing YAML "
-                         f"file to --space.") from None
-    try:
-        content = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "syntax error"
-        raise SpaceError(f"{name}: is not valid YAML ({problem}{where}); fix the "
-                         f"syntax.") from None
-    if not isinstance(content, dict):
-        raise SpaceError(f"{name}: must be a mapping with keys {list(SECTIONS)}, not "
-                         f"{type(content).__name__}; see search_spaces/p7.yaml.")
-    return content
 
 
 def _check_keys(mapping, allowed, name: str, prefix: str, required: bool = False) -> None:

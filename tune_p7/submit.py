@@ -38,9 +38,9 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
 
 import tune_p7
+from tune_p7.files import UnreadableFile, read_yaml
 
 SWEEP_ENTRYPOINT = "python -u -m tune_p7.sweep"
 JOB_COMMANDS = ("status", "logs", "stop")
@@ -379,13 +379,10 @@ def runtime_env(project: Path, env_file: str | None) -> dict:
 def read_runtime_env(path: str) -> dict:
     """A runtime_env mapping (pip, env_vars, ...) from a YAML or JSON file."""
     try:
-        content = yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise UserError(f"--runtime-env {path} cannot be read ({error.strerror}); pass a "
-                        f"YAML file such as deploy/runtime-env.yaml.") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"--runtime-env {path} is not valid YAML ({_first_line(error)}); fix "
-                        f"the file, see deploy/runtime-env.yaml.") from None
+        content = read_yaml(path)
+    except UnreadableFile as error:
+        raise UserError(f"--runtime-env {path} {error}; fix the file, see "
+                        f"deploy/runtime-env.yaml.") from None
     if not isinstance(content, dict):
         raise UserError(f"--runtime-env {path} must hold a mapping of runtime_env fields "
                         f"(pip, env_vars, ...), see deploy/runtime-env.yaml.")

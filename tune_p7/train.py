@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -26,86 +25,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tune_p7.config import TrainConfig
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
-from tune_p7.losses import LossConfig, p7_loss
-from tune_p7.metrics import data_signals, evaluate, trivial_baselines
-from tune_p7.model import ModelConfig, Ranker
+from tune_p7.losses import p7_loss
+from tune_p7.files import atomic_path, write_json
+from tune_p7.metrics import evaluate, reference_metrics
+from tune_p7.model import Ranker
 
 EpochCallback = Callable[[dict, dict], None]
 LOSS_COMPONENTS = ("loss", "loss_rank", "loss_margin", "loss_teacher")
-
-
-@dataclass
-class TrainConfig:
-    """Everything one run needs; flat, so a sweep can search any field by name."""
-
-    # data
-    context: int = 5              # K, context chunks per window
-    # model (see tune_p7.model.ModelConfig)
-    architecture: str = "transformer"  # "transformer" or "lstm"
-    d_model: int = 512
-    layers: int = 4
-    heads: int = 8
-    dropout: float = 0.1
-    anchor_lambda: float = 0.8    # initial lambda of p = normalize(l*q + (1-l)*anchor)
-    learn_lambda: bool = True     # False: lambda stays fixed at anchor_lambda
-    lambda_min: float = 0.6
-    lambda_max: float = 0.9
-    # loss (see tune_p7.losses.LossConfig)
-    temperature: float = 0.07
-    margin: float = 0.07
-    hard_negatives: int = 4       # H same-document negatives per window
-    gate_threshold: float = 0.03
-    gate_low_weight: float = 0.25
-    teacher_threshold: float = 0.20
-    weight_rank: float = 1.0
-    weight_margin: float = 1.0
-    weight_teacher: float = 0.2
-    warmup_epochs: int = 2
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    seed: int = 0
-    # execution
-    device: str = "auto"          # "auto" = cuda > mps > cpu, or a torch device string
-    threads: int = 0              # torch CPU threads; 0 keeps torch's default
-    bf16: bool = False            # bfloat16 autocast for the model's forward pass
-    eval_batch_size: int = 1024
-    train_eval_windows: int = 4096  # train-split margin measured on this many windows (0: all)
-    global_queries: int = 4096    # global retrieval queries per evaluation (0: all windows)
-
-    def __post_init__(self):
-        positive = ("context", "d_model", "layers", "epochs", "batch_size", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, not {self.temperature}.")
-        if not 0 <= self.anchor_lambda <= 1:
-            raise ValueError(f"anchor_lambda must lie in [0, 1], not {self.anchor_lambda}.")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a flat dict; unknown keys are an error (a typo must not pass silently)."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def model_config(self, dim: int) -> ModelConfig:
-        names = {field.name for field in dataclasses.fields(ModelConfig)} - {"dim"}
-        return ModelConfig(dim=dim, **{name: getattr(self, name) for name in names})
-
-    def loss_config(self) -> LossConfig:
-        names = {field.name for field in dataclasses.fields(LossConfig)}
-        return LossConfig(**{name: getattr(self, name) for name in names})
 
 
 class TrainingDiverged(RuntimeError):
@@ -322,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(
-        {**config.to_dict(), "data": str(args.data), "val_fraction": args.val_fraction,
-         "split_seed": args.split_seed}, indent=2))
+    write_json(out / "config.json", {**config.to_dict(), "data": str(args.data),
+                                     "val_fraction": args.val_fraction,
+                                     "split_seed": args.split_seed})
     _write_baselines(config, dataset, out)
     best = {"val_margin": -math.inf}
 
@@ -332,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_epoch(metrics), flush=True)
         if metrics["val_margin"] > best["val_margin"]:
             best["val_margin"] = metrics["val_margin"]
-            torch.save({"model": state["model"], "config": config.to_dict(),
-                        "dim": dataset.dim, "epoch": metrics["epoch"],
-                        "val_margin": metrics["val_margin"]}, out / "best.pt")
+            with atomic_path(out / "best.pt") as temporary:
+                torch.save({"model": state["model"], "config": config.to_dict(),
+                            "dim": dataset.dim, "epoch": metrics["epoch"],
+                            "val_margin": metrics["val_margin"]}, temporary)
         _write_history(state["history"], out)
 
     try:
@@ -349,22 +278,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_baselines(config: TrainConfig, dataset: Dataset, out: Path) -> None:
     """baselines.json: trivial predictors on the same validation windows, plus data signals."""
-    windows = dataset.windows(config.context, "val")
-    source = BatchSource(windows, device_table(dataset.vectors, "cpu"))
-    baselines = trivial_baselines(source, global_queries=config.global_queries or None)
-    report = {name: {f"val_{key}": value for key, value in metrics.items()}
-              for name, metrics in baselines.items()}
-    report["data_signals"] = {"val": data_signals(windows),
-                              "train": data_signals(dataset.windows(config.context, "train"))}
-    (out / "baselines.json").write_text(json.dumps(report, indent=2))
+    reference = reference_metrics(dataset, config.context, config.global_queries or None)
+    write_json(out / "baselines.json",
+               {**reference["baselines"], "data_signals": reference["signals"]})
 
 
 def _write_history(history: list[dict], out: Path) -> None:
-    import pandas as pd
+    import pandas as pd  # the CLI's only use of pandas; train() itself does not need it
 
-    temporary = out / "history.parquet.tmp"
-    pd.DataFrame(history).to_parquet(temporary, index=False)
-    temporary.replace(out / "history.parquet")
+    with atomic_path(out / "history.parquet") as temporary:
+        pd.DataFrame(history).to_parquet(temporary, index=False)
 
 
 def format_epoch(metrics: dict, epochs: int | None = None) -> str:

@@ -13,12 +13,14 @@ of window start rows. A window of context K starting at row s reads rows s .. s+
 target is row s+K, so any K is served from the same table without copying vectors K times.
 Window-level files are stored as pseudo-documents of K+1 rows (context then target), which
 lets a smaller K be cut from the end of each stored window.
+
+``python -m tune_p7.data inspect FILE`` runs :mod:`tune_p7.inspection` (``data/__main__.py``),
+so this package never imports the report that reads it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_DATASET = Path(__file__).resolve().parent / "datasets" / "austen-minilm.npz"
+DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "datasets" / "austen-minilm.npz"
 WINDOW_KEYS = (("contexts", "targets"), ("context_sequences", "target_vectors"))
 ZERO_NORM = 1e-6  # rows whose L2 norm is below this are treated as all-zero (failed encodes)
 
@@ -405,14 +407,3 @@ def device_table(vectors: np.ndarray, device: torch.device | str) -> torch.Tenso
         # Arrays shared through Ray's object store are read-only; we never write to them.
         warnings.simplefilter("ignore", UserWarning)
         return torch.as_tensor(vectors).to(device)
-
-
-def _cli(argv: list[str]) -> int:
-    """`python -m tune_p7.data inspect FILE` — delegated so that this module stays low."""
-    from tune_p7.inspection import main
-
-    return main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(_cli(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""The plan of a sweep: everything decided before Ray starts, as typed dataclasses.
+
+    plan = Plan.from_dict(json.loads(Path("results/NAME/sweep.json").read_text()))
+    plan.optuna.asha.grace_period, plan.contexts(), plan.cells[0]["margin"]
+
+``python -m tune_p7.sweep`` builds the plan from its arguments and the search space
+(tune_p7.sweep.make_plan) and saves it as sweep.json (tune_p7.folder); every later reader
+(the Tuner wiring, results, plots, the Optuna export, confirm) gets it back through
+:meth:`Plan.from_dict`. ``to_dict`` gives sweep.json's layout exactly (the file also
+holds the sweep's run state, which is not part of the plan: see tune_p7.folder). A reader
+is lenient: keys missing from an older or hand-written sweep.json take the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Arguments that define what a sweep computes; a resumed sweep keeps the saved ones.
+PLAN_ARGUMENTS = ("space", "data", "profile", "epochs", "num_samples", "seed")
+
+
+@dataclass(frozen=True)
+class AshaPlan:
+    """Successive halving of the Optuna trials on val_margin (tune_p7.scheduler)."""
+
+    grace_period: int = 1         # epochs before the first rung
+    reduction_factor: float = 3.0  # a rung keeps the top 1/reduction_factor
+    max_t: int = 1                # epochs of a trial that is never stopped
+
+
+@dataclass(frozen=True)
+class OptunaPlan:
+    """The TPE extension: how many trials, their K, the searched ranges, TPE's start-up."""
+
+    trials: int = 0
+    context: int | None = None    # K of every Optuna trial
+    params: dict = field(default_factory=dict)  # field -> {"low", "high", "log"}
+    startup_trials: int = 1       # TPE samples at random until this many trials are done
+    asha: AshaPlan = field(default_factory=AshaPlan)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "OptunaPlan":
+        return cls(**{**values, "asha": AshaPlan(**values.get("asha", {}))})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One sweep's plan (sweep.json without its run state).
+
+    arguments: the PLAN_ARGUMENTS as given (None where the profile decides). fixed: the
+    TrainConfig dict every trial starts from (profile and overrides applied). cells: one
+    full trial config per baseline cell (TrainConfig fields plus "phase" and "cell").
+    space: the search space file's parsed content, so a resume uses the file as it was.
+    """
+
+    arguments: dict = field(default_factory=dict)
+    name: str = ""
+    sweep_dir: str = ""
+    space_file: str = ""
+    space: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)
+    cells: list = field(default_factory=list)
+    optuna: OptunaPlan = field(default_factory=OptunaPlan)
+    data: str = "default"
+    seed: int = 0
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Plan":
+        """A plan from sweep.json's content; run-state and unknown keys are ignored."""
+        known = {item.name for item in dataclasses.fields(cls)}
+        given = {key: value for key, value in values.items() if key in known}
+        if "optuna" in given:
+            given["optuna"] = OptunaPlan.from_dict(given["optuna"])
+        return cls(**given)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of every trial (the cells' and the Optuna trials' budget)."""
+        return int(self.fixed["epochs"])
+
+    def contexts(self) -> list[int]:
+        """Every context K the sweep trains on: the cells' and the Optuna trials'."""
+        used = {cell["context"] for cell in self.cells}
+        if self.optuna.context is not None:
+            used.add(self.optuna.context)
+        return sorted(used)
+
+    def most_epochs(self) -> int:
+        """Epochs the sweep runs if no trial is stopped early."""
+        return (len(self.cells) + self.optuna.trials) * self.epochs

@@ -1,0 +1,391 @@
+"""Ray Tune wiring: how trials run, Ray's start, the progress lines, the two kinds of experiment.
+
+    options = trial_options(args)                 # from add_trial_arguments' flags, checked
+    start_ray(address=None, dashboard=False)
+    grid, interrupted = run_fixed_trials(folder, "baseline", cell_configs, dataset, options)
+    grid, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm, seeds)
+
+Every experiment lives in the sweep folder (``ray/<experiment>``, tune_p7.folder), shares the
+dataset through Ray's object store (``tune.with_parameters``), reserves the same resources
+per trial, keeps one checkpoint per trial (train's state after its last epoch), retries a
+failed trial from it, prints one line per trial epoch, and continues with
+``Tuner.restore`` when the folder already holds it. Used by tune_p7.sweep (cells, then
+Optuna) and tune_p7.confirm (re-runs on new seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from tune_p7.config import TrainConfig
+from tune_p7.data import Dataset
+from tune_p7.folder import SweepFolder, ray_trial_states, read_error, read_history, \
+    repair_experiment_state
+from tune_p7.plan import Plan
+from tune_p7.scheduler import SeededASHA
+from tune_p7.space import SearchSpace
+from tune_p7.train import format_epoch
+from tune_p7.trainable import LABELS, p7_trainable
+
+METRIC, MODE = "val_margin", "max"
+RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",      # no usage statistics leave the machine
+    # Experiment state saved at most every 5 s (0 saved and copied it on every controller
+    # step, ~10 times a second). Every checkpointed result still forces a save: with
+    # CheckpointConfig(num_to_keep=1) Ray syncs the state after each trial checkpoint, so a
+    # hard kill loses at most the epoch in flight; what may lag 5 s is only a trial's end.
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
+    "RAY_AIR_NEW_OUTPUT": "0",           # progress is our one line per trial epoch
+    # Saving on every result is intended: no warning that it happens often.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+STARTED = time.time()  # progress lines count seconds from here (the command's start)
+
+
+class SweepError(ValueError):
+    """A user error in how trials are to run; the message is one sentence naming the fix."""
+
+
+@dataclass
+class TrialOptions:
+    """How trials run (not what they compute): resources, concurrency, retries.
+
+    cpus_per_trial: CPUs reserved per trial; also its torch threads (TrainConfig.threads).
+    gpus_per_trial: GPUs per trial, fractional allowed (0.25 = four trials share one GPU).
+    device: TrainConfig.device of every trial ("auto" = cuda > mps > cpu).
+    max_concurrent: trials at once; 0 = as many as the cluster's CPUs/GPUs allow.
+    reuse_actors: reuse trial workers between trials (saves the worker start-up).
+    max_failures: retries of a failed trial from its last epoch checkpoint.
+    progress: print one line per trial epoch.
+    """
+
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    device: str = "auto"
+    max_concurrent: int = 0
+    reuse_actors: bool = True
+    max_failures: int = 2
+    progress: bool = True
+
+
+def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of TrialOptions and --address, shared by the sweep and confirm."""
+    parser.add_argument("--max-concurrent", type=int, default=0,
+                        help="trials at once (default: as many as CPUs/GPUs allow)")
+    parser.add_argument("--cpus-per-trial", type=int, default=1,
+                        help="CPUs per trial, also its torch threads (default 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0,
+                        help="GPUs per trial, fractions share a GPU (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                        help="start a fresh worker for every trial")
+    parser.add_argument("--address", help="connect to a Ray cluster ('auto' or host:port) "
+                                          "instead of starting Ray on this machine")
+
+
+def trial_options(args: argparse.Namespace) -> TrialOptions:
+    """TrialOptions from add_trial_arguments' flags; raises SweepError for a bad value."""
+    if args.cpus_per_trial < 1:
+        raise SweepError(f"--cpus-per-trial {args.cpus_per_trial} must be at least 1.")
+    if args.gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial} must be 0 or more.")
+    if args.device == "cuda" and args.gpus_per_trial == 0:
+        raise SweepError("--device cuda needs --gpus-per-trial above 0 (e.g. 0.25 for four "
+                         "trials per GPU); Ray hides GPUs from trials that reserve none.")
+    if args.max_concurrent < 0:
+        raise SweepError(f"--max-concurrent {args.max_concurrent} must be 0 (automatic) or more.")
+    return TrialOptions(args.cpus_per_trial, args.gpus_per_trial, args.device,
+                        args.max_concurrent, args.reuse_actors)
+
+
+# ---------------------------------------------------------------------------------------
+# Ray
+
+
+def start_ray(address: str | None, dashboard: bool) -> None:
+    """Connect to ``address`` or start a private local Ray on loopback (no usage stats)."""
+    os.environ.update(RAY_ENVIRONMENT)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Trial failures are printed by EpochPrinter as one line; the traceback is in error.txt.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except ConnectionError:
+            raise SweepError(
+                f"--address {address}: Ray refused the connection; if the cluster uses token "
+                f"authentication, export RAY_AUTH_MODE=token and make its token findable "
+                f"(RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).") from None
+    else:
+        # address="local": never attach to someone else's `ray start` on this machine.
+        # (Ray 2.60 turns a node ip of 127.0.0.1 into the machine's address, so none is
+        # given; its ports are protected by Ray's token authentication.)
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=False, logging_level="WARNING")
+
+
+def check_shared_storage(storage: Path) -> None:
+    """On a multi-node cluster, refuse a storage path that another node cannot see.
+
+    Writes a marker file and asks one task on every other alive node whether it exists.
+    """
+    here = ray.get_runtime_context().get_node_id()
+    others = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeID"] != here]
+    if not others:
+        return
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".tune_p7-shared-{os.getpid()}"
+    marker.write_text("shared storage check")
+
+    @ray.remote(num_cpus=0)
+    def visible(path: str) -> bool:
+        return Path(path).exists()
+
+    try:
+        seen = ray.get([visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote(str(marker)) for node in others])
+    finally:
+        marker.unlink(missing_ok=True)
+    if not all(seen):
+        raise SweepError(f"--storage-path {storage} is local to this node, but the cluster "
+                         f"has {len(others) + 1} nodes; pass a folder every node mounts "
+                         f"(NFS or a mounted bucket).")
+
+
+def concurrency(options: TrialOptions) -> int:
+    """Trials at once: --max-concurrent, else what the cluster's CPUs and GPUs allow."""
+    if options.max_concurrent:
+        return options.max_concurrent
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 1) // options.cpus_per_trial)
+    if options.gpus_per_trial:
+        slots = min(slots, int(resources.get("GPU", 0) / options.gpus_per_trial + 1e-9))
+    return max(1, slots)
+
+
+# ---------------------------------------------------------------------------------------
+# Progress
+
+
+class EpochPrinter(tune.Callback):
+    """Prints one line per trial epoch and one per ended trial; ``started``: time.time().
+
+    stop_reasons: {trial_id: why the scheduler stopped it} (SeededASHA.stopped), if any.
+    """
+
+    def __init__(self, started: float, stop_reasons: dict[str, str] | None = None):
+        # The scheduler's own dict (empty at first, filled as it stops trials), not a copy.
+        self.started = started
+        self.stop_reasons = {} if stop_reasons is None else stop_reasons
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._print(trial, format_epoch(result, result.get("config", {}).get("epochs")))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(trial, f"ERROR {read_error(Path(trial.local_path or '')) or 'failed'}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        if epochs == trial.config.get("epochs"):
+            self._print(trial, "done")
+        else:
+            reason = self.stop_reasons.get(trial.trial_id)
+            self._print(trial, f"stopped by ASHA at epoch {epochs}"
+                        + (f" ({reason})" if reason else ""))
+
+    def _print(self, trial, text: str) -> None:
+        print(f"[{time.time() - self.started:6.0f}s] {_label(trial.config)}  {text}", flush=True)
+
+
+def _label(config: dict) -> str:
+    if config.get("cell"):
+        return f"{config.get('phase', '')}/{config['cell']}".ljust(24)
+    return (f"{config.get('phase', '')} m={config.get('margin', 0):.3f} "
+            f"T={config.get('temperature', 0):.3f} λ={config.get('anchor_lambda', 0):.2f}")
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments
+
+
+def run_fixed_trials(folder: SweepFolder, experiment: str, configs: list[dict],
+                     dataset: Dataset, options: TrialOptions | None = None):
+    """Run fixed configs as one Tune experiment ``ray/<experiment>`` of ``folder``; resumable.
+
+    folder: an existing sweep folder (holds sweep.json). experiment: the sub-folder name
+    (e.g. "baseline", "confirm"). configs: full trial configs, every TrainConfig field plus
+    the labels "phase" and "cell" (threads and device are replaced by ``options``); each runs
+    all its epochs (no early stopping). dataset: the validated Dataset, put once in Ray's
+    object store. options: resources, concurrency, retries (default TrialOptions()).
+    Ray must be started (see start_ray). If the experiment folder already exists it is
+    continued with Tuner.restore: ended trials are kept, unfinished ones resume from their
+    last epoch checkpoint. Records the sweep state in sweep.json; does not write the tables
+    (call tune_p7.results.write_tables). Returns (ResultGrid, interrupted: bool).
+    """
+    options = options or TrialOptions()
+    trainable = _trainable(dataset, options)
+    points = [_execution_settings(_full_config(config), options) for config in configs]
+    existing = _restorable(folder, experiment)
+    if existing:
+        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
+                                   param_space=_choices(points))
+    else:
+        search = BasicVariantGenerator(points_to_evaluate=points,
+                                       max_concurrent=concurrency(options))
+        tuner = tune.Tuner(
+            trainable, param_space=_choices(points),
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=len(points),
+                                        reuse_actors=options.reuse_actors,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=_run_config(folder, experiment, options))
+    return _fit(folder, tuner, len(configs))
+
+
+def run_optuna_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
+                      options: TrialOptions, warm_start: list[tuple[dict, float]],
+                      seeds: dict[str, dict[int, float]]):
+    """The Optuna experiment ``ray/optuna``: TPE under seeded ASHA; resumable.
+
+    warm_start: (searched settings, final val_margin) of cells TPE learns from. seeds:
+    {cell: {epoch: val_margin}} put in the scheduler's rungs (see rung_seeds). On a resume
+    Ray restores the scheduler as first built (seeds included) and it reads the restored
+    trials' results back into its rungs. Returns (ResultGrid, interrupted).
+    """
+    trials = plan.optuna.trials
+    trainable = _trainable(dataset, options)
+    base = _execution_settings({**plan.fixed, "phase": "optuna", "cell": ""}, options)
+    existing = _restorable(folder, "optuna")
+    if existing:
+        tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
+                                   param_space=base)
+        return _fit(folder, tuner, trials)
+    sampler = optuna.samplers.TPESampler(seed=plan.seed, constant_liar=True,
+                                         n_startup_trials=space.startup_trials)
+    searcher = OptunaSearch(space.optuna_distributions(), metric=METRIC, mode=MODE,
+                            sampler=sampler,
+                            points_to_evaluate=[point for point, _ in warm_start] or None,
+                            evaluated_rewards=[reward for _, reward in warm_start] or None)
+    asha = plan.optuna.asha
+    scheduler = SeededASHA(METRIC, MODE, asha.grace_period, asha.reduction_factor,
+                           asha.max_t, seeds)
+    tuner = tune.Tuner(
+        trainable, param_space=base,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=trials,
+            max_concurrent_trials=concurrency(options), reuse_actors=options.reuse_actors,
+            trial_dirname_creator=trial_dirname),
+        run_config=_run_config(folder, "optuna", options, scheduler.stopped))
+    return _fit(folder, tuner, trials)
+
+
+def rung_seeds(grid) -> dict[str, dict[int, float]]:
+    """{cell: {epoch: val_margin}} of every baseline cell that reported an epoch, read from
+    its result.json: the reference values the Optuna trials are judged against at each rung."""
+    seeds = {}
+    for result in grid:
+        values, _ = read_history(Path(result.path) / "result.json", METRIC)
+        if values:
+            seeds[result.config["cell"]] = values
+    return seeds
+
+
+def warm_start_points(grid, plan: Plan, space: SearchSpace) -> list[tuple[dict, float]]:
+    """(searched settings, final val_margin) of every finished cell that is an Optuna trial
+    in all but the searched settings (same K, model, budget ...)."""
+    points = []
+    for result in grid:
+        config, metrics = result.config, result.metrics or {}
+        differs = {key for key, value in plan.fixed.items()
+                   if key not in space.params and key not in ("threads", "device")
+                   and config.get(key) != value}
+        reward = metrics.get(METRIC)
+        if (result.error is None and not differs and metrics.get("epoch") == plan.epochs
+                and isinstance(reward, float) and math.isfinite(reward)):
+            points.append(({name: config[name] for name in space.params}, reward))
+    return points
+
+
+def _trainable(dataset: Dataset, options: TrialOptions):
+    """The trainable with the dataset in the object store and the trial's resources."""
+    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(p7_trainable, dataset=dataset), resources)
+
+
+def _run_config(folder: SweepFolder, experiment: str, options: TrialOptions,
+                stop_reasons: dict[str, str] | None = None):
+    callbacks = [EpochPrinter(STARTED, stop_reasons)] if options.progress else []
+    return tune.RunConfig(
+        storage_path=str(folder.ray_dir), name=experiment,
+        failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=callbacks, verbose=0)
+
+
+def _choices(points: list[dict]) -> dict:
+    """A param_space holding every key of the points (points_to_evaluate can only set keys
+    that exist there): a constant where all points agree, else a choice of their values."""
+    space = {}
+    for key in points[0]:
+        values = list(dict.fromkeys(point[key] for point in points))
+        space[key] = values[0] if len(values) == 1 else tune.choice(values)
+    return space
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names: Ray's trial id and the cell (or phase)."""
+    return f"p7_{trial.trial_id}_{trial.config.get('cell') or trial.config.get('phase', '')}"
+
+
+def _full_config(config: dict) -> dict:
+    """Every TrainConfig field (defaults filled in) plus the labels phase and cell."""
+    settings = {k: v for k, v in config.items() if k not in LABELS}
+    return {**TrainConfig.from_dict(settings).to_dict(), "phase": config.get("phase", ""),
+            "cell": config.get("cell", "")}
+
+
+def _execution_settings(config: dict, options: TrialOptions) -> dict:
+    """A config with the run's execution settings: torch threads = CPUs, device."""
+    return {**config, "threads": options.cpus_per_trial, "device": options.device}
+
+
+def _restorable(folder: SweepFolder, experiment: str) -> Path | None:
+    """The experiment's folder if Tuner.restore can continue it (repaired first), else None."""
+    path = folder.experiment_dir(experiment)
+    if not path.is_dir():
+        return None
+    repair_experiment_state(path)
+    return path if tune.Tuner.can_restore(str(path)) else None
+
+
+def _fit(folder: SweepFolder, tuner, expected: int):
+    """Tuner.fit with the sweep state recorded; returns (ResultGrid, interrupted).
+
+    Ray stops gracefully on Ctrl-C and fit() returns, counting the trials it cut short as
+    terminated; so a run is interrupted when fewer than ``expected`` trials ended or when
+    Ray's saved state leaves any trial neither TERMINATED nor ERROR.
+    """
+    folder.set_state("running")
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        folder.set_state("interrupted")
+        raise
+    states = ray_trial_states(Path(grid.experiment_path))
+    unfinished = [name for name, trial in states.items()
+                  if trial["status"] not in ("TERMINATED", "ERROR")]
+    interrupted = bool(unfinished) or grid.num_terminated + grid.num_errors < expected
+    folder.set_state("interrupted" if interrupted else "finished")
+    return grid, interrupted

@@ -1,10 +1,13 @@
 """Data loading, validation messages, windows and the document split."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from tune_p7.data import BatchSource, DataError, device_table, load_dataset, make_synthetic
+from tune_p7.data import (BatchSource, DataError, chunk_dataset, device_table, load_dataset,
+                          make_synthetic)
 from tune_p7.train import main as train_main
 
 
@@ -143,3 +146,67 @@ def test_synthetic_documents_are_unit_paths_with_forward_structure():
     lag1 = np.mean(np.sum(first_doc[1:] * first_doc[:-1], axis=1))
     lag4 = np.mean(np.sum(first_doc[4:] * first_doc[:-4], axis=1))
     assert lag1 > 0.85 and lag4 < lag1 - 0.2
+
+
+def test_block_wise_checks_name_the_first_bad_row_across_blocks(chunk_file, monkeypatch):
+    import tune_p7.data
+
+    monkeypatch.setattr(tune_p7.data, "BLOCK_ROWS", 4)  # rows 0-3, 4-7, ... checked apart
+    vectors = unit_rows(20).astype(np.float16)
+    vectors[[9, 17], 2] = np.inf
+    with pytest.raises(DataError, match=r"key 'vectors' has 2 rows with NaN or inf "
+                                        r"\(first at row 9\)"):
+        load_dataset(chunk_file(vectors=vectors, offsets=np.array([0, 10, 20])))
+    contexts = unit_rows(30).reshape(6, 5, 8)
+    contexts[4, 1] = 0  # row 4 * 5 + 1 of the flattened contexts, in the sixth block
+    with pytest.raises(DataError, match=r"key 'contexts' has 1 all-zero rows "
+                                        r"\(first at rows \[21\]\)"):
+        load_dataset(chunk_file(contexts=contexts, targets=unit_rows(6)))
+
+
+def test_a_float16_table_stays_float16_and_uncopied(chunk_file):
+    vectors = unit_rows(20).astype(np.float16)
+    dataset = load_dataset(chunk_file(vectors=vectors, offsets=np.array([0, 10, 20])))
+    assert dataset.vectors.dtype == np.float16
+    in_memory = chunk_dataset(vectors, np.array([0, 10, 20]))
+    assert in_memory.vectors is vectors
+
+
+def test_val_data_makes_the_second_file_the_whole_validation_split(chunk_file):
+    train_file = chunk_file("train.npz", vectors=unit_rows(30), offsets=np.array([0, 10, 20, 30]),
+                            val_doc_mask=np.array([False, True, False]))  # the file's own split
+    val_vectors = unit_rows(16, seed=5).astype(np.float16)
+    val_file = chunk_file("val.npz", vectors=val_vectors, offsets=np.array([0, 8, 16]))
+    dataset = load_dataset(train_file, val_source=val_file)
+    assert dataset.val_docs.tolist() == [False, False, False, True, True]
+    assert len(dataset.windows(5, "train")) == 3 * 5 and len(dataset.windows(5, "val")) == 2 * 3
+    np.testing.assert_array_equal(dataset.vectors[30:], val_vectors.astype(np.float32))
+    assert dataset.vectors.dtype == np.float32  # float32 + float16 -> float32
+
+
+def test_val_data_pairs_two_window_level_files_as_the_original_did(chunk_file):
+    pair = [chunk_file(f"{split}.npz", contexts=unit_rows(4 * count, seed=seed).reshape(count, 4, 8),
+                       targets=unit_rows(count, seed=seed + 1))
+            for split, count, seed in (("train", 12, 1), ("val", 5, 3))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random split is drawn, so no warning about one
+        dataset = load_dataset(pair[0], val_source=pair[1])
+    assert (len(dataset.windows(4, "train")), len(dataset.windows(4, "val"))) == (12, 5)
+    assert len(dataset.windows(3, "val")) == 5  # a smaller K is still cut from each window
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"vectors": unit_rows(16, dim=6), "offsets": np.array([0, 8, 16])},
+     "vectors have D=6 but train.npz has D=8"),
+    ({"contexts": unit_rows(20).reshape(4, 5, 8), "targets": unit_rows(4)},
+     "is window-level with K=5 but train.npz is chunk-level"),
+])
+def test_val_data_of_another_shape_is_one_sentence_and_exit_2(chunk_file, tmp_path, capsys,
+                                                              other, message):
+    train_file = chunk_file("train.npz", vectors=unit_rows(30), offsets=np.array([0, 10, 20, 30]))
+    val_file = chunk_file("val.npz", **other)
+    out = tmp_path / "out"
+    code = train_main(["--data", str(train_file), "--val-data", str(val_file), "--out", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and message in error and error.startswith("error: val.npz:")
+    assert error.count("\n") == 0 and not out.exists()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -104,3 +105,84 @@ def test_divergence_survives_pickling_as_ray_sends_it():
 
     error = pickle.loads(pickle.dumps(TrainingDiverged(2, "train_loss", float("nan"))))
     assert (error.epoch, error.component) == (2, "train_loss") and "epoch 2" in str(error)
+
+
+class RecordingSource:
+    """The run's own BatchSource, remembering which windows each batch asked for."""
+
+    def __init__(self, source):
+        self.source, self.asked = source, []
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def __len__(self):
+        return len(self.source)
+
+    def batch(self, positions):
+        self.asked.append(positions.clone())
+        return self.source.batch(positions)
+
+
+def test_an_epoch_of_n_windows_is_a_fresh_seeded_subset_each_epoch(small_synthetic):
+    from tune_p7.train import Run
+
+    config = TrainConfig(epochs=2, epoch_windows=100, **TINY)
+    seen = []
+    for _ in range(2):  # two runs of one seed see the same subsets
+        run = Run(config, small_synthetic)
+        run.train_source = RecordingSource(run.train_source)
+        epochs = []
+        for _ in range(config.epochs):
+            run.asked = run.train_source.asked = []
+            metrics = run.run_epoch()
+            epochs.append(torch.cat(run.train_source.asked))
+            assert metrics["train_windows"] == 100
+        seen.append(epochs)
+    first, second = seen[0]
+    assert len(first) == len(set(first.tolist())) == 100  # no window twice in an epoch
+    assert set(first.tolist()) != set(second.tolist())   # a new subset each epoch
+    for epoch in range(2):
+        assert torch.equal(seen[0][epoch], seen[1][epoch])
+    whole = train(TrainConfig(epochs=1, **TINY), small_synthetic).history[0]
+    assert whole["train_windows"] == len(small_synthetic.windows(5, "train"))
+
+
+def test_a_validation_cap_scores_the_same_evenly_spaced_windows_and_records_the_count(
+        small_synthetic):
+    config = TrainConfig(epochs=2, max_val_windows=50, **TINY)
+    result = train(config, small_synthetic)
+    assert [row["val_windows"] for row in result.history] == [50, 50]
+    windows = small_synthetic.windows(5, "val").evenly_spaced(50)
+    source = BatchSource(windows, device_table(small_synthetic.vectors, "cpu"))
+    again = evaluate(result.model.eval(), source, global_queries=config.global_queries)
+    assert result.history[-1]["val_margin"] == pytest.approx(again["margin"], abs=1e-6)
+    assert result.history[-1]["val_r_at_5"] == pytest.approx(again["r_at_5"])
+
+
+def test_evaluation_runs_with_dropout_off(small_synthetic):
+    from tune_p7.train import Run
+
+    run = Run(TrainConfig(epochs=1, dropout=0.5, **TINY), small_synthetic)
+    run.model.train()  # as after a training epoch
+    assert run.evaluate() == run.evaluate()
+
+
+def test_cli_validates_on_a_second_file_and_records_it(tmp_path, capsys):
+    from tune_p7.data import make_synthetic
+
+    for name, seed in (("train", 1), ("val", 2)):
+        vectors, offsets = make_synthetic(num_docs=30, dim=16, seed=seed)
+        np.savez(tmp_path / f"{name}.npz", vectors=vectors, offsets=offsets)
+    out = tmp_path / "run"
+    code = main(["--data", str(tmp_path / "train.npz"), "--val-data", str(tmp_path / "val.npz"),
+                 "--epochs", "1", "--d-model", "16", "--layers", "1", "--heads", "2",
+                 "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["val_data"] == str(tmp_path / "val.npz")
+    history = pd.read_parquet(out / "history.parquet")
+    dataset = load_dataset(tmp_path / "val.npz")
+    every_val_window = sum(len(dataset.windows(5, split)) for split in ("train", "val"))
+    assert history["val_windows"].iloc[0] == every_val_window
+    assert "validation windows per evaluation" in capsys.readouterr().out

@@ -44,6 +44,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     # optimisation
     epochs: int = 10
+    epoch_windows: int = 0        # training windows per epoch: a seeded random subset (0: all)
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -55,6 +56,7 @@ class TrainConfig:
     bf16: bool = False            # bfloat16 autocast for the model's forward pass
     eval_batch_size: int = 1024
     train_eval_windows: int = 4096  # train-split margin measured on this many windows (0: all)
+    max_val_windows: int = 20000  # validation windows per evaluation, evenly spaced (0: all)
     global_queries: int = 4096    # global retrieval queries per evaluation (0: all windows)
 
     def __post_init__(self):
@@ -62,6 +64,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        counts = ("epoch_windows", "max_val_windows", "train_eval_windows", "global_queries")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (all) or a positive count, "
+                                 f"not {getattr(self, name)}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, not {self.temperature}.")
         if not 0 <= self.anchor_lambda <= 1:

@@ -26,6 +26,7 @@ from tune_p7 import results
 from tune_p7.data import DataError, load_dataset
 from tune_p7.folder import SweepFolder
 from tune_p7.plan import Plan
+from tune_p7.progress import progress_printer
 from tune_p7.tuner import (SweepError, add_trial_arguments, run_fixed_trials, start_ray,
                            trial_options)
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = trial_options(args)
         plan, candidates, configs, experiment = _prepare(args)
-        dataset = load_dataset(plan.data, split_seed=0)
+        dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
+                               progress=progress_printer(sys.stdout))
     except (results.NotASweep, ConfirmError, DataError, SweepError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

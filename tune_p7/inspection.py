@@ -13,34 +13,57 @@ import sys
 
 import numpy as np
 
-from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.config import TrainConfig
+from tune_p7.data import ZERO_NORM, DataError, Dataset, load_dataset, row_blocks, row_norms
 from tune_p7.metrics import reference_metrics
+from tune_p7.progress import Progress, progress_printer, silent
 
 MAX_LAG = 10
+DUPLICATE_BLOCK = 4096  # rows hashed at once (as uint64 words: 24 MB for 768-d)
 SIGNALS = ("forward_signal", "recency", "coherence")
 
 
-def lag_cosines(dataset: Dataset, split: str, max_lag: int = MAX_LAG) -> list[float]:
+def lag_cosines(dataset: Dataset, max_lag: int = MAX_LAG) -> dict[str, list[float]]:
     """Mean cos(c_i, c_{i+lag}) over chunk pairs inside one document, for lag 1..max_lag.
 
-    Returns a list of max_lag floats (NaN where no document is long enough).
+    Returns {"train" | "val": list of max_lag floats} (NaN where no document of the split is
+    long enough). One pass over the table in contiguous row blocks, each normalized once in
+    float32.
     """
-    docs = np.flatnonzero(dataset.val_docs if split == "val" else ~dataset.val_docs)
-    starts, ends = dataset.offsets[docs], dataset.offsets[docs + 1]
-    unit = dataset.vectors.astype(np.float32)
-    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    curve = []
-    for lag in range(1, max_lag + 1):
-        rows = np.concatenate([np.arange(s, e - lag) for s, e in zip(starts, ends)] or [[]])
-        rows = rows.astype(np.int64)
-        cosines = np.sum(unit[rows] * unit[rows + lag], axis=1)
-        curve.append(float(cosines.mean()) if len(rows) else float("nan"))
-    return curve
+    row_document = np.repeat(np.arange(dataset.num_documents), np.diff(dataset.offsets))
+    row_is_val = dataset.val_docs[row_document]
+    sums, counts = np.zeros((2, max_lag)), np.zeros((2, max_lag), dtype=np.int64)
+    for block in row_blocks(len(dataset.vectors)):
+        stop = min(block.stop + max_lag, len(dataset.vectors))  # pairs may end past the block
+        unit = dataset.vectors[block.start:stop].astype(np.float32)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        documents, is_val = row_document[block.start:stop], row_is_val[block.start:stop]
+        for lag in range(1, max_lag + 1):
+            pairs = min(block.stop - block.start, len(unit) - lag)
+            if pairs <= 0:  # the table's last rows: no chunk this far ahead
+                break
+            same_document = documents[:pairs] == documents[lag:lag + pairs]
+            cosines = np.einsum("ij,ij->i", unit[:pairs], unit[lag:lag + pairs])
+            for split_index, in_split in enumerate((~is_val[:pairs], is_val[:pairs])):
+                chosen = same_document & in_split
+                sums[split_index, lag - 1] += cosines[chosen].sum(dtype=np.float64)
+                counts[split_index, lag - 1] += chosen.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    return {"train": means[0].tolist(), "val": means[1].tolist()}
 
 
-def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7)) -> dict:
-    """A JSON-ready report of ``dataset`` for each context K in ``contexts``."""
-    norms = np.linalg.norm(dataset.vectors.astype(np.float32), axis=1)
+def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7),
+                    max_val_windows: int = TrainConfig.max_val_windows,
+                    progress: Progress = silent) -> dict:
+    """A JSON-ready report of ``dataset`` for each context K in ``contexts``.
+
+    max_val_windows: the trivial predictors are measured on this many validation windows
+    (evenly spaced, 0: all), as a trial with that TrainConfig setting is. progress(message)
+    is told as each long step starts.
+    """
+    progress("norms and duplicate rows")
+    norms = row_norms(dataset.vectors)
     lengths = np.diff(dataset.offsets)
     report = {
         "source": dataset.source, "metadata": dataset.metadata,
@@ -50,18 +73,21 @@ def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7)) -> dic
         "dtype": str(dataset.vectors.dtype),
         "chunks_per_document": {"min": int(lengths.min()), "median": float(np.median(lengths)),
                                 "max": int(lengths.max())},
-        "norm": {"min": float(norms.min()), "mean": float(norms.mean()),
+        "norm": {"min": float(norms.min()), "mean": float(norms.mean(dtype=np.float64)),
                  "max": float(norms.max())},
-        "zero_rows": int(np.sum(norms < 1e-6)),
-        "duplicate_rows": _duplicate_rows(dataset.vectors),
+        "zero_rows": int(np.sum(norms < ZERO_NORM)),
+        "duplicate_rows": duplicate_rows(dataset.vectors),
         "knows_documents": dataset.knows_documents,
-        "lag_cosine": {split: lag_cosines(dataset, split) for split in ("train", "val")}
-        if dataset.knows_documents else {},
+        "lag_cosine": {},
         "contexts": {},
     }
+    if dataset.knows_documents:
+        progress("lag cosines")
+        report["lag_cosine"] = lag_cosines(dataset)
     for context in contexts:
+        progress(f"signals and trivial predictors for K={context}")
         try:
-            reference = reference_metrics(dataset, context)
+            reference = reference_metrics(dataset, context, max_val_windows=max_val_windows)
         except DataError as error:
             report["contexts"][str(context)] = {"error": str(error)}
             continue
@@ -75,11 +101,27 @@ def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7)) -> dic
     return report
 
 
-def _duplicate_rows(vectors: np.ndarray) -> int:
-    """Rows that exactly repeat an earlier row."""
-    contiguous = np.ascontiguousarray(vectors)
-    as_bytes = contiguous.view(np.dtype((np.void, contiguous.dtype.itemsize * contiguous.shape[1])))
-    return int(len(vectors) - len(np.unique(as_bytes)))
+def duplicate_rows(vectors: np.ndarray) -> int:
+    """Rows that exactly repeat an earlier row (byte for byte).
+
+    Each row is hashed in blocks (a random linear hash of its 16/32-bit words, exact
+    arithmetic mod 2^64); only rows whose hash occurs more than once are then compared
+    byte for byte, so the count is exact while memory stays at one block.
+    """
+    words_type = {2: np.uint16, 4: np.uint32}[vectors.dtype.itemsize]
+    multipliers = np.random.default_rng(0).integers(1, 2 ** 63, vectors.shape[1],
+                                                    dtype=np.uint64) | np.uint64(1)
+    hashes = np.empty(len(vectors), dtype=np.uint64)
+    for block in row_blocks(len(vectors), DUPLICATE_BLOCK):
+        words = np.ascontiguousarray(vectors[block]).view(words_type).astype(np.uint64)
+        hashes[block] = (words * multipliers).sum(axis=1, dtype=np.uint64)
+    _, inverse, repeats = np.unique(hashes, return_inverse=True, return_counts=True)
+    candidates = np.ascontiguousarray(vectors[np.flatnonzero(repeats[inverse] > 1)])
+    if len(candidates) == 0:
+        return 0
+    as_bytes = candidates.view(np.dtype((np.void, candidates.dtype.itemsize
+                                         * candidates.shape[1])))
+    return int(len(candidates) - len(np.unique(as_bytes)))
 
 
 def format_report(report: dict) -> str:
@@ -112,7 +154,8 @@ def format_report(report: dict) -> str:
             values = part["signals"]
             lines.append(f"  {name:<15} train {values['train'][name]:+.4f}  val "
                          f"{values['val'][name]:+.4f}  (val - train {part['parity'][name]:+.4f})")
-        lines.append("  trivial predictors on validation windows:")
+        evaluated = next(iter(part["baselines"].values()))["val_windows"]
+        lines.append(f"  trivial predictors on {evaluated} validation windows (evenly spaced):")
         for name, metrics in part["baselines"].items():
             lines.append(f"    {name:<13} Δ {metrics['val_margin']:+.4f}  cos_next "
                          f"{metrics['val_cos_next']:.4f}  cos_prev {metrics['val_cos_prev']:.4f}  "
@@ -130,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--context", type=int, nargs="+", default=[5, 7])
     inspect.add_argument("--val-fraction", type=float, default=0.2)
     inspect.add_argument("--split-seed", type=int, default=0)
+    inspect.add_argument("--max-val-windows", type=int, default=TrainConfig.max_val_windows,
+                         help="validation windows the trivial predictors are measured on, "
+                              "evenly spaced, as a trial with this setting (0: all; default "
+                              "%(default)s)")
     inspect.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
+    say = progress_printer()
     try:
-        dataset = load_dataset(args.data, args.val_fraction, args.split_seed)
+        dataset = load_dataset(args.data, args.val_fraction, args.split_seed, progress=say)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = inspect_dataset(dataset, tuple(args.context))
+    report = inspect_dataset(dataset, tuple(args.context), args.max_val_windows, say)
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
     return 0

@@ -4,8 +4,10 @@ For a window (c_{t-K+1} .. c_t) with target next = c_{t+1}, prev = c_t and predi
     cos_next = cos(p, next); cos_prev = cos(p, prev); margin = cos_next - cos_prev
     cos_anchor = cos(p, normalize(mean context))
 Averages are over windows (sample-weighted). Retrieval ranks `next` by cos with p among
-all chunks of the window's document (r_at_k, mrr_at_10: "in-document") and among all
-validation targets (global_r_at_k, global_mrr_at_10). Ties count in the target's favour.
+all other chunks of the window's document (r_at_k, mrr_at_10: "in-document") and among the
+targets of all other evaluated windows (global_r_at_k, global_mrr_at_10). The target is
+excluded by index, never compared with itself; a candidate within TIE_TOLERANCE of the
+target's cosine is a tie, and ties count in the target's favour.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tune_p7.data import BatchSource, Dataset, WindowSet, device_table
+from tune_p7.data import BatchSource, Dataset, WindowSet, device_table, row_blocks
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # contexts (B, K, D) -> p (B, D) unit
 RANKS = (1, 5, 10)
 DIRECTIONAL = ("cos_next", "cos_prev", "margin", "cos_anchor")
 RETRIEVAL = tuple(f"{scope}{name}" for scope in ("", "global_")
                   for name in [f"r_at_{k}" for k in RANKS] + ["mrr_at_10"])
-CANDIDATE_CHUNK = 16384  # global candidates scored per matmul, bounds memory at ~B x this
+CANDIDATE_CHUNK = 16384  # candidates scored per matmul, bounds memory at ~B x this
+# Cosines within this of the target's own are ties: float32 dot products of unit vectors
+# summed in a different order differ by up to ~1e-6, so an exact duplicate of the target
+# row may score that much above it.
+TIE_TOLERANCE = 1e-6
+BLOCK_WINDOWS = 16384  # windows per block in data_signals
 
 
 def copy_last(contexts: torch.Tensor) -> torch.Tensor:
@@ -63,6 +70,7 @@ def evaluate(predict: Predictor, source: BatchSource, batch_size: int = 1024,
     sums = dict.fromkeys(DIRECTIONAL + RETRIEVAL, 0.0)
     count = len(source)
     query_mask = _global_query_mask(count, global_queries)
+    queries = []  # predictions of the global queries, ranked once all are known
     for start in range(0, count, batch_size):
         positions = torch.arange(start, min(start + batch_size, count), device=source.table.device)
         contexts, targets = source.batch(positions)
@@ -72,16 +80,17 @@ def evaluate(predict: Predictor, source: BatchSource, batch_size: int = 1024,
             continue
         if source.doc_start is not None:
             _add(sums, _rank_scores(_in_document_ranks(predictions, targets, positions, source), ""))
-        chosen = torch.as_tensor(query_mask[start:start + len(positions)], device=positions.device)
-        if chosen.any():
-            ranks = _global_ranks(predictions[chosen], targets[chosen], source)
-            _add(sums, _rank_scores(ranks, "global_"))
+        queries.append(predictions[torch.as_tensor(query_mask[start:start + len(positions)],
+                                                   device=positions.device)])
     metrics = {name: sums[name] / count for name in DIRECTIONAL}
     if not directional_only:
+        query_positions = torch.as_tensor(np.flatnonzero(query_mask), device=source.table.device)
+        ranks = _global_ranks(torch.cat(queries), query_positions, source, batch_size)
+        _add(sums, _rank_scores(ranks, "global_"))
         in_document = source.doc_start is not None
         for name in RETRIEVAL:
             global_name = name.startswith("global_")
-            denominator = int(query_mask.sum()) if global_name else count
+            denominator = len(query_positions) if global_name else count
             metrics[name] = (sums[name] / denominator if (global_name or in_document)
                              else float("nan"))
     metrics["windows"] = count
@@ -109,29 +118,68 @@ def _rank_scores(ranks: torch.Tensor, prefix: str) -> dict:
     return scores
 
 
+def _beaten(scores: torch.Tensor, own: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """(B,) count of eligible candidates scoring above the target by more than TIE_TOLERANCE.
+
+    scores (B, C) cos of each query with each candidate; own (B,) cos with its own target;
+    eligible (B, C) bool. The target itself is never eligible (excluded by index), so it
+    cannot beat itself whatever the order the two products summed in; a candidate within the
+    tolerance of the target (a duplicate row, a rounding difference) is a tie, and ties count
+    in the target's favour, in-document and global alike.
+    """
+    return ((scores > own[:, None] + TIE_TOLERANCE) & eligible).sum(-1)
+
+
 def _in_document_ranks(predictions, targets, positions, source: BatchSource) -> torch.Tensor:
-    """1-based rank (B,) of each target among all chunks of its own document."""
+    """1-based rank (B,) of each target among all chunks of its own document.
+
+    The candidates are the rows of the documents the batch's windows belong to (each
+    document once, however far apart in the table), scored in blocks of CANDIDATE_CHUNK
+    rows; a row counts only against the windows of its own document.
+    """
     doc_start, doc_end = source.doc_start[positions], source.doc_end[positions]
-    span_start = int(doc_start.min())
-    rows = torch.arange(span_start, int(doc_end.max()), device=predictions.device)  # (S,)
-    scores = predictions @ source.rows(rows).T                                     # (B, S)
-    own = (predictions * targets).sum(-1, keepdim=True)                            # (B, 1)
+    starts, window_document = torch.unique(doc_start, return_inverse=True)   # (U,), (B,)
+    ends = torch.empty_like(starts).scatter_(0, window_document, doc_end)
+    rows, row_document = _document_rows(starts, ends)                        # (R,), (R,)
+    own = (predictions * targets).sum(-1)
     target_row = source.starts[positions] + source.windows.context
-    in_document = (rows >= doc_start[:, None]) & (rows < doc_end[:, None])
-    beats = (scores > own) & in_document & (rows != target_row[:, None])
-    return beats.sum(-1) + 1
+    beaten = torch.zeros(len(predictions), dtype=torch.long, device=predictions.device)
+    for block in range(0, len(rows), CANDIDATE_CHUNK):
+        candidates = rows[block:block + CANDIDATE_CHUNK]
+        scores = predictions @ source.rows(candidates).T                     # (B, C)
+        eligible = ((row_document[block:block + CANDIDATE_CHUNK] == window_document[:, None])
+                    & (candidates != target_row[:, None]))
+        beaten += _beaten(scores, own, eligible)
+    return beaten + 1
 
 
-def _global_ranks(predictions, targets, source: BatchSource) -> torch.Tensor:
-    """1-based rank (B,) of each target among all targets of the source's windows."""
-    own = (predictions * targets).sum(-1, keepdim=True)
+def _document_rows(starts: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All rows of documents [starts[i], ends[i]) and the document index i of each row."""
+    lengths = ends - starts
+    document = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
+    first_of_document = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    rows = starts[document] + torch.arange(len(document), device=starts.device) - first_of_document
+    return rows, document
+
+
+def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) -> torch.Tensor:
+    """1-based rank (Q,) of each query's target among the targets of all the source's windows.
+
+    predictions (Q, D) of the windows at ``positions`` (Q,). Each block of candidates is
+    normalized once and scored against every query; a query's own target is excluded by
+    index (see :func:`_beaten`).
+    """
     target_rows = source.starts + source.windows.context
-    beats = torch.zeros(len(predictions), dtype=torch.long, device=predictions.device)
-    for start in range(0, len(target_rows), CANDIDATE_CHUNK):
-        candidates = source.rows(target_rows[start:start + CANDIDATE_CHUNK])
-        beats += ((predictions @ candidates.T) > own).sum(-1)
-    # A query's own target scores exactly `own` and is never counted, so no self-exclusion.
-    return beats + 1
+    own = (predictions * source.rows(target_rows[positions])).sum(-1)
+    beaten = torch.zeros(len(predictions), dtype=torch.long, device=predictions.device)
+    for block in range(0, len(target_rows), CANDIDATE_CHUNK):
+        candidates = source.rows(target_rows[block:block + CANDIDATE_CHUNK])
+        index = torch.arange(block, block + len(candidates), device=positions.device)
+        for query in range(0, len(predictions), batch_size):
+            chosen = slice(query, query + batch_size)
+            eligible = index != positions[chosen, None]
+            beaten[chosen] += _beaten(predictions[chosen] @ candidates.T, own[chosen], eligible)
+    return beaten + 1
 
 
 def _global_query_mask(count: int, limit: int | None) -> np.ndarray:
@@ -149,21 +197,23 @@ def trivial_baselines(source: BatchSource, **evaluate_options) -> dict[str, dict
             for name, predictor in TRIVIAL_PREDICTORS.items()}
 
 
-def reference_metrics(dataset: Dataset, context: int,
-                      global_queries: int | None = 4096) -> dict[str, dict]:
+def reference_metrics(dataset: Dataset, context: int, global_queries: int | None = 4096,
+                      max_val_windows: int = 0) -> dict[str, dict]:
     """What every trial of context K is judged against: trivial predictors and data signals.
 
     Returns {"baselines": {predictor: {"val_<metric>": value}}, "signals": {"train" | "val":
-    data_signals(...)}}: the trivial predictors on the validation windows of K (under the
-    names of a trial's val_* metrics, the window count left out: the signals carry it) and
-    the directional signals of both splits. global_queries: as in :func:`evaluate`. The one
-    place train, the sweep and ``python -m tune_p7.data inspect`` get these numbers from.
+    data_signals(...)}}: the trivial predictors on the validation windows a trial of K
+    evaluates (at most ``max_val_windows``, evenly spaced, as TrainConfig.max_val_windows;
+    0: all), under the names of a trial's val_* metrics plus "val_windows" (the count), and
+    the directional signals of both splits over all their windows. global_queries: as in
+    :func:`evaluate`. The one place train, the sweep and ``python -m tune_p7.data inspect``
+    get these numbers from.
     """
     splits = {split: dataset.windows(context, split) for split in ("train", "val")}
+    evaluated = splits["val"].evenly_spaced(max_val_windows)
     table = device_table(dataset.vectors, "cpu")
-    scores = trivial_baselines(BatchSource(splits["val"], table), global_queries=global_queries)
-    return {"baselines": {name: {f"val_{key}": value for key, value in metrics.items()
-                                 if key != "windows"}
+    scores = trivial_baselines(BatchSource(evaluated, table), global_queries=global_queries)
+    return {"baselines": {name: {f"val_{key}": value for key, value in metrics.items()}
                           for name, metrics in scores.items()},
             "signals": {split: data_signals(windows) for split, windows in splits.items()}}
 
@@ -174,23 +224,32 @@ def data_signals(windows: WindowSet) -> dict[str, float]:
     forward_signal = mean cos(c_t, c_{t+1}) - cos(c_t, c_{t-1});
     recency = mean cos(c_t, c_{t+1}) - cos(c_{t-K+1}, c_{t+1});
     coherence = mean cos over the distinct adjacent chunk pairs inside the windows.
+    Computed in blocks of rows (float32 per block, the table in its own dtype).
     """
-    vectors = windows.vectors
-    unit = lambda rows: _unit_rows(vectors[rows])  # noqa: E731
-    target = unit(windows.starts + windows.context)
-    last = unit(windows.starts + windows.context - 1)
-    second_last = unit(windows.starts + windows.context - 2)
-    first = unit(windows.starts)
-    cos = lambda a, b: (a * b).sum(-1)  # noqa: E731
+    vectors, starts, context = windows.vectors, windows.starts, windows.context
+    target, last = starts + context, starts + context - 1
+    cos_next = row_cosines(vectors, last, target)
+    forward = cos_next - row_cosines(vectors, last, last - 1)
+    recency = cos_next - row_cosines(vectors, starts, target)
     # Each adjacent pair inside any window once, though windows overlap.
-    pair_starts = np.unique(windows.starts[:, None] + np.arange(windows.context))
-    adjacent = cos(unit(pair_starts), unit(pair_starts + 1))
-    return {"forward_signal": float(np.mean(cos(last, target) - cos(last, second_last))),
-            "recency": float(np.mean(cos(last, target) - cos(first, target))),
-            "coherence": float(np.mean(adjacent)),
+    pair_starts = np.unique(starts[:, None] + np.arange(context))
+    adjacent = row_cosines(vectors, pair_starts, pair_starts + 1)
+    return {"forward_signal": float(np.mean(forward, dtype=np.float64)),
+            "recency": float(np.mean(recency, dtype=np.float64)),
+            "coherence": float(np.mean(adjacent, dtype=np.float64)),
             "windows": len(windows)}
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = vectors.astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+def row_cosines(vectors: np.ndarray, rows: np.ndarray, other_rows: np.ndarray) -> np.ndarray:
+    """(n,) float32 cos(vectors[rows[i]], vectors[other_rows[i]]) for an (M, D) table.
+
+    Gathered and cast to float32 BLOCK_WINDOWS pairs at a time, so memory stays at a few
+    blocks whatever M and the table's dtype.
+    """
+    cosines = np.empty(len(rows), dtype=np.float32)
+    for block in row_blocks(len(rows), BLOCK_WINDOWS):
+        first = vectors[rows[block]].astype(np.float32)
+        second = vectors[other_rows[block]].astype(np.float32)
+        cosines[block] = (np.einsum("ij,ij->i", first, second)
+                          / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)))
+    return cosines

@@ -16,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tune_p7.config import TrainConfig
+
 # Arguments that define what a sweep computes; a resumed sweep keeps the saved ones.
-PLAN_ARGUMENTS = ("space", "data", "profile", "epochs", "num_samples", "seed")
+PLAN_ARGUMENTS = ("space", "data", "val_data", "profile", "epochs", "epoch_windows",
+                  "max_val_windows", "num_samples", "seed")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Plan:
     cells: list = field(default_factory=list)
     optuna: OptunaPlan = field(default_factory=OptunaPlan)
     data: str = "default"
+    val_data: str | None = None   # a separate validation file (--val-data), else None
     seed: int = 0
     versions: dict = field(default_factory=dict)
     created: str = ""
@@ -74,6 +78,8 @@ class Plan:
         given = {key: value for key, value in values.items() if key in known}
         if "optuna" in given:
             given["optuna"] = OptunaPlan.from_dict(given["optuna"])
+        # Settings added to TrainConfig after a sweep started take their defaults.
+        given["fixed"] = {**TrainConfig().to_dict(), **given.get("fixed", {})}
         return cls(**given)
 
     def to_dict(self) -> dict:

@@ -36,6 +36,7 @@ from tune_p7.data import DataError, Dataset, load_dataset
 from tune_p7.folder import SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
+from tune_p7.progress import progress_printer
 from tune_p7.results import write_tables
 from tune_p7.space import DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile, load_space, \
     parse_space
@@ -55,8 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--space", help=f"search space YAML (default {_shown(DEFAULT_SPACE)})")
     parser.add_argument("--data", help="NPZ file, 'default' (shipped dataset, the default) "
                                        "or 'synthetic'")
+    parser.add_argument("--val-data", help="a second NPZ of the same D and shape to validate "
+                                           "on (every document of --data then trains), as "
+                                           "the original --train-npz/--val-npz pair")
     parser.add_argument("--profile", choices=PROFILES, help="quick (default) or full")
     parser.add_argument("--epochs", type=int, help="epochs per trial (default: the profile's)")
+    parser.add_argument("--epoch-windows", type=int,
+                        help="training windows per epoch, a seeded random subset each epoch "
+                             "(0: all; default: the space file's, else all)")
+    parser.add_argument("--max-val-windows", type=int,
+                        help="validation windows per evaluation, evenly spaced and the same "
+                             f"for every trial (0: all; default: the space file's, else "
+                             f"{TrainConfig.max_val_windows})")
     parser.add_argument("--num-samples", type=int,
                         help="Optuna trials after the cells (default: the profile's)")
     add_trial_arguments(parser)
@@ -113,22 +124,24 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None)
     given = {name: getattr(args, name) for name in PLAN_ARGUMENTS}
     if saved is not None:
         for name, value in given.items():
-            if value is not None and value != saved["arguments"][name]:
+            if value is not None and value != saved["arguments"].get(name):
                 flag = "--" + name.replace("_", "-")
                 raise SweepError(f"{folder.path} was started with {flag} "
-                                 f"{saved['arguments'][name]}; resume it without {flag} or "
+                                 f"{saved['arguments'].get(name)}; resume it without {flag} or "
                                  f"start a new sweep with another --name.")
         return Plan.from_dict(saved)
-    arguments = {"space": str(args.space or _shown(DEFAULT_SPACE)), "data": args.data or "default",
-                 "profile": args.profile or "quick", "epochs": args.epochs,
-                 "num_samples": args.num_samples, "seed": 0 if args.seed is None else args.seed}
+    arguments = {**given, "space": str(args.space or _shown(DEFAULT_SPACE)),
+                 "data": args.data or "default", "profile": args.profile or "quick",
+                 "seed": 0 if args.seed is None else args.seed}
     space = load_space(arguments["space"])
     profile = space.profiles[arguments["profile"]]
     overrides = {"seed": arguments["seed"]}
-    if arguments["epochs"] is not None:
-        if arguments["epochs"] < 1:
-            raise SweepError(f"--epochs {arguments['epochs']} must be at least 1.")
-        overrides["epochs"] = arguments["epochs"]
+    for name, least in (("epochs", 1), ("epoch_windows", 0), ("max_val_windows", 0)):
+        if arguments[name] is not None:
+            if arguments[name] < least:
+                raise SweepError(f"--{name.replace('_', '-')} {arguments[name]} must be at "
+                                 f"least {least}.")
+            overrides[name] = arguments[name]
     check_profile(space, arguments["profile"], overrides)
     num_samples = profile.optuna_trials if args.num_samples is None else args.num_samples
     if num_samples < 0:
@@ -140,8 +153,12 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None)
                         space.startup_trials, asha)
     return Plan(arguments, folder.path.name, str(folder.path), arguments["space"],
                 space.content, base, space.cell_configs(arguments["profile"], overrides),
-                optuna, arguments["data"], arguments["seed"], _versions(),
+                optuna, arguments["data"], arguments["val_data"], arguments["seed"], _versions(),
                 datetime.now().isoformat(timespec="seconds"))
+
+
+def _count(windows: int, cap: str = "") -> str:
+    return f"{cap}{windows:,}" if windows else "all"
 
 
 def _versions() -> dict:
@@ -154,9 +171,12 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
     fixed, optuna, epochs = plan.fixed, plan.optuna, plan.epochs
     lines = [f"sweep {plan.name}  ->  {plan.sweep_dir}",
              f"  space {plan.space_file}  profile {plan.arguments['profile']}  data "
-             f"{plan.data}  seed {plan.seed}",
+             f"{plan.data}" + (f" (validation: {plan.val_data})" if plan.val_data else "")
+             + f"  seed {plan.seed}",
              f"  model d_model {fixed['d_model']}, {fixed['layers']} layers, {fixed['heads']} "
-             f"heads; batch {fixed['batch_size']}; {epochs} epochs; teacher warm-up "
+             f"heads; batch {fixed['batch_size']}; {epochs} epochs of "
+             f"{_count(fixed['epoch_windows'])} training windows; validation on "
+             f"{_count(fixed['max_val_windows'], 'at most ')} windows; teacher warm-up "
              f"{fixed['warmup_epochs']}"]
     for cell in plan.cells:
         lines.append(f"  cell {cell['cell']:<16} K={cell['context']}  margin {cell['margin']}"
@@ -204,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     try:
-        dataset = load_dataset(plan.data, split_seed=0)
+        dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
+                               progress=progress_printer(sys.stdout))
         for context in plan.contexts():
             dataset.check_context(context)
     except DataError as error:
@@ -224,6 +245,9 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
         folder.write_plan(plan)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
+            if not resuming:
+                print(f"computing the data tables (signals, trivial predictors for K="
+                      f"{', '.join(map(str, plan.contexts()))}) while Ray starts", flush=True)
             tables = None if resuming else pool.submit(write_data_tables, folder, dataset, plan)
             start_ray(args.address, args.dashboard)
         if tables:
@@ -251,8 +275,8 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
 def write_data_tables(folder: SweepFolder, dataset: Dataset, plan: Plan) -> None:
     """baselines.parquet and data_signals.parquet for every K the sweep trains on, on the
     validation windows (and global queries) the trials use."""
-    queries = plan.fixed["global_queries"] or None
-    folder.write_data_tables({context: reference_metrics(dataset, context, queries)
+    queries, evaluated = plan.fixed["global_queries"] or None, plan.fixed["max_val_windows"]
+    folder.write_data_tables({context: reference_metrics(dataset, context, queries, evaluated)
                               for context in plan.contexts()})
 
 
@@ -281,8 +305,10 @@ def format_data_summary(folder: SweepFolder, dataset: Dataset) -> str:
              f"{len(dataset.vectors)} chunks, D={dataset.dim}"]
     for row in signals[signals.split == "val"].itertuples():
         trivial = baselines[baselines.context == row.context]
+        # Tables of sweeps started before the validation cap have no val_windows: all.
+        evaluated = trivial.get("val_windows", pd.Series([row.windows])).iloc[0]
         lines.append(
-            f"  K={row.context}: {row.windows} val windows; forward signal "
+            f"  K={row.context}: {row.windows} val windows ({evaluated} evaluated); forward signal "
             f"{row.forward_signal:+.4f}, recency {row.recency:+.4f}, coherence "
             f"{row.coherence:.3f}; " + ", ".join(
                 f"{name} Δ {metrics.val_margin:+.3f} R@5 {metrics.val_r_at_5:.3f}"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from tune_p7.config import TrainConfig
@@ -31,6 +30,7 @@ from tune_p7.losses import p7_loss
 from tune_p7.files import atomic_path, write_json
 from tune_p7.metrics import evaluate, reference_metrics
 from tune_p7.model import Ranker
+from tune_p7.progress import progress_printer
 
 EpochCallback = Callable[[dict, dict], None]
 LOSS_COMPONENTS = ("loss", "loss_rank", "loss_margin", "loss_teacher")
@@ -76,11 +76,13 @@ class Run:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         table = device_table(dataset.vectors, self.device)
-        self.train_source = BatchSource(dataset.windows(config.context, "train"), table)
-        self.val_source = BatchSource(dataset.windows(config.context, "val"), table)
-        train_windows = self.train_source.windows
-        picked = _evenly_spaced(len(train_windows), config.train_eval_windows)
-        self.train_eval_source = BatchSource(train_windows.subset(picked), table)
+        train_windows = dataset.windows(config.context, "train")
+        self.train_source = BatchSource(train_windows, table)
+        # Fixed, evenly spaced evaluation windows: the same in every epoch and every trial.
+        self.val_source = BatchSource(dataset.windows(config.context, "val")
+                                      .evenly_spaced(config.max_val_windows), table)
+        self.train_eval_source = BatchSource(
+            train_windows.evenly_spaced(config.train_eval_windows), table)
         torch.manual_seed(config.seed)
         self.model = Ranker(config.model_config(dataset.dim)).to(self.device)
         self.optimizer = _optimizer(self.model, config)
@@ -111,11 +113,13 @@ class Run:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     def train_epoch(self) -> dict:
-        """One pass over the training windows in a seeded order; sample-weighted loss means."""
+        """One epoch: config.epoch_windows training windows (0: all) in a seeded random order,
+        a fresh subset each epoch; sample-weighted loss means."""
         config, source = self.config, self.train_source
         self.model.train()
         sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.device)  # + gate weight
-        order = torch.randperm(len(source), generator=self.generator).to(self.device)
+        order = torch.randperm(len(source), generator=self.generator)
+        order = order[:config.epoch_windows or None].to(self.device)
         started = time.perf_counter()
         for batch in order.split(config.batch_size):
             contexts, targets = source.batch(batch)
@@ -132,11 +136,11 @@ class Run:
             values = [value.detach() for _, value in parts.items()] + [parts.gate_weight_mean]
             sums += torch.stack(values) * len(batch)
         train_seconds = time.perf_counter() - started
-        means = (sums / len(source)).tolist()
+        means = (sums / len(order)).tolist()
         metrics = {f"train_{name}": value for name, value in zip(LOSS_COMPONENTS, means)}
         self._check_finite(metrics)
-        metrics["gate_weight_mean"] = means[-1]
-        metrics["sequences_per_second"] = len(source) / train_seconds
+        metrics.update(gate_weight_mean=means[-1], train_windows=len(order),
+                       sequences_per_second=len(order) / train_seconds)
         return metrics
 
     def _check_finite(self, metrics: dict) -> None:
@@ -151,7 +155,7 @@ class Run:
         val = evaluate(self.model, self.val_source,
                        global_queries=self.config.global_queries or None, **options)
         on_train = evaluate(self.model, self.train_eval_source, directional_only=True, **options)
-        metrics = {f"val_{name}": value for name, value in val.items() if name != "windows"}
+        metrics = {f"val_{name}": value for name, value in val.items()}  # + val_windows
         metrics.update({f"train_{name}": on_train[name]
                         for name in ("margin", "cos_next", "cos_prev")})
         return metrics
@@ -194,12 +198,6 @@ def _optimizer(model: Ranker, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _evenly_spaced(count: int, limit: int) -> np.ndarray:
-    if limit <= 0 or count <= limit:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
-
-
 def load_model(path: str | Path, device: str = "cpu") -> Ranker:
     """Rebuild a Ranker from a best.pt written by the CLI (loaded with weights_only=True)."""
     saved = torch.load(path, map_location=device, weights_only=True)
@@ -218,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="default",
                         help="NPZ file, 'default' (shipped dataset) or 'synthetic'")
     parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--val-data", help="a second NPZ of the same D and shape to validate "
+                                           "on; every document of --data then trains")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of documents held out when the file fixes no split")
     parser.add_argument("--split-seed", type=int, default=0)
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_dict(values)
         config.model_config(1)  # validate model settings before loading anything
-        dataset = load_dataset(args.data, args.val_fraction, args.split_seed)
+        dataset = load_dataset(args.data, args.val_fraction, args.split_seed,
+                               val_source=args.val_data,
+                               progress=progress_printer(sys.stdout))
         dataset.check_context(config.context)
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -251,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**config.to_dict(), "data": str(args.data),
+                                     "val_data": args.val_data,
                                      "val_fraction": args.val_fraction,
                                      "split_seed": args.split_seed})
+    print(describe_windows(config, dataset), flush=True)
     _write_baselines(config, dataset, out)
     best = {"val_margin": -math.inf}
 
@@ -276,9 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def describe_windows(config: TrainConfig, dataset: Dataset) -> str:
+    """How many windows an epoch trains on and an evaluation scores, of how many."""
+    trained, validated = (len(dataset.windows(config.context, split)) for split in ("train", "val"))
+    per_epoch = min(config.epoch_windows or trained, trained)
+    evaluated = min(config.max_val_windows or validated, validated)
+    return (f"K={config.context}: {per_epoch:,} of {trained:,} training windows in each "
+            f"epoch's seeded random subset, {evaluated:,} of {validated:,} validation windows "
+            f"per evaluation (evenly spaced)")
+
+
 def _write_baselines(config: TrainConfig, dataset: Dataset, out: Path) -> None:
     """baselines.json: trivial predictors on the same validation windows, plus data signals."""
-    reference = reference_metrics(dataset, config.context, config.global_queries or None)
+    reference = reference_metrics(dataset, config.context, config.global_queries or None,
+                                  config.max_val_windows)
     write_json(out / "baselines.json",
                {**reference["baselines"], "data_signals": reference["signals"]})
 

@@ -30,9 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tune_p7.progress import Progress, silent
+
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "datasets" / "austen-minilm.npz"
 WINDOW_KEYS = (("contexts", "targets"), ("context_sequences", "target_vectors"))
 ZERO_NORM = 1e-6  # rows whose L2 norm is below this are treated as all-zero (failed encodes)
+# Rows per block wherever the whole table is read (checks, signals): bounds the float32
+# temporaries at ~100 MB for 768-d vectors, whatever the table's size.
+BLOCK_ROWS = 32768
 
 
 class DataError(ValueError):
@@ -73,6 +78,15 @@ class WindowSet:
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return WindowSet(self.vectors, self.starts[index], self.context,
                          pick(self.doc_start), pick(self.doc_end))
+
+    def evenly_spaced(self, limit: int) -> "WindowSet":
+        """At most ``limit`` windows, evenly spaced over the set (all when limit is 0 or
+        the set is no larger): the same windows on every call, so an evaluation subset is
+        fixed across epochs and trials."""
+        if limit <= 0 or len(self) <= limit:
+            return self
+        return self.subset(np.unique(np.linspace(0, len(self) - 1, limit).round()
+                                     .astype(np.int64)))
 
 
 @dataclass(frozen=True)
@@ -142,34 +156,82 @@ class Dataset:
 
 
 def load_dataset(source: str | Path, val_fraction: float = 0.2, split_seed: int = 0,
-                 keep_file_split: bool = True) -> Dataset:
+                 keep_file_split: bool = True, val_source: str | Path | None = None,
+                 progress: Progress = silent) -> Dataset:
     """Load and validate ``source``: an NPZ path, "default" (shipped) or "synthetic".
 
     val_fraction: share of documents (windows, for window-level files) held out for
     validation when the file fixes no split. split_seed: seed of that split.
+    val_source: a second file of the same D and shape (chunk- or window-level) that is the
+    whole validation split; every document of ``source`` then trains (the original scripts'
+    --train-npz/--val-npz pair). progress(message) is told as each long step starts.
     Raises DataError with one sentence naming file, key and fix.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive).")
+    if val_source is None:
+        return _load_source(source, val_fraction, split_seed, keep_file_split, progress)
+    train = _load_source(source, val_fraction, split_seed, keep_file_split, progress,
+                         whole_file_split=False)
+    validation = _load_source(val_source, val_fraction, split_seed, keep_file_split, progress,
+                              whole_file_split=True)
+    return join_validation(train, validation)
+
+
+def _load_source(source, val_fraction, split_seed, keep_file_split, progress,
+                 whole_file_split: bool | None = None) -> Dataset:
+    """One file (or "default"/"synthetic") as a Dataset; see chunk_dataset's whole_file_split."""
     if str(source) == "synthetic":
         vectors, offsets = make_synthetic()
         return chunk_dataset(vectors, offsets, name="synthetic", val_fraction=val_fraction,
-                             split_seed=split_seed, metadata={"corpus": "synthetic"})
+                             split_seed=split_seed, metadata={"corpus": "synthetic"},
+                             whole_file_split=whole_file_split)
     path = DEFAULT_DATASET if str(source) == "default" else Path(source)
+    size = f" ({path.stat().st_size / 1e9:.2f} GB)" if path.exists() else ""
+    progress(f"reading {path.name}{size}")
     arrays = _read_npz(path)
     name = path.name
     metadata = _metadata(arrays, name)
+    progress(f"checking {name}: NaN/inf, zero rows, document boundaries")
     if "vectors" in arrays:
         val_docs = arrays.get("val_doc_mask") if keep_file_split else None
         return chunk_dataset(arrays["vectors"], arrays.get("offsets"), arrays.get("doc_ids"),
-                             name, val_fraction, split_seed, val_docs, metadata)
+                             name, val_fraction, split_seed, val_docs, metadata,
+                             whole_file_split)
     for context_key, target_key in WINDOW_KEYS:
         if context_key in arrays:
             return _window_dataset(arrays, context_key, target_key, name, metadata,
-                                   val_fraction, split_seed, keep_file_split)
+                                   val_fraction, split_seed, keep_file_split, whole_file_split)
     raise DataError(f"{name}: found keys {sorted(arrays)}, but a dataset needs 'vectors' with "
                     f"'doc_ids' or 'offsets' (chunk-level) or 'contexts' + 'targets' "
                     f"(window-level); re-save it with those keys.")
+
+
+def join_validation(train: Dataset, validation: Dataset) -> Dataset:
+    """One Dataset whose train split is all of ``train`` and validation all of ``validation``.
+
+    Both must have the same D and shape (chunk-level, or window-level of the same stored K);
+    the tables are concatenated once (mixed dtypes become float32).
+    """
+    if validation.dim != train.dim:
+        raise DataError(f"{validation.source}: vectors have D={validation.dim} but "
+                        f"{train.source} has D={train.dim}; --val-data must be embedded with "
+                        f"the same encoder as --data.")
+    if (validation.knows_documents, validation.max_context) != (train.knows_documents,
+                                                                train.max_context):
+        raise DataError(f"{validation.source}: is {_shape_name(validation)} but {train.source} "
+                        f"is {_shape_name(train)}; give --val-data in the same shape as --data.")
+    vectors = np.concatenate([train.vectors, validation.vectors])
+    offsets = np.concatenate([train.offsets, validation.offsets[1:] + len(train.vectors)])
+    return Dataset(vectors, offsets, np.concatenate([train.val_docs, validation.val_docs]),
+                   train.max_context, train.knows_documents,
+                   f"{train.source} + {validation.source}", train.metadata)
+
+
+def _shape_name(dataset: Dataset) -> str:
+    if dataset.knows_documents:
+        return "chunk-level"
+    return f"window-level with K={dataset.max_context}"
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -202,7 +264,11 @@ def _metadata(arrays: dict, name: str) -> dict:
 
 
 def _check_vectors(array: np.ndarray, name: str, key: str, rank: int) -> np.ndarray:
-    """Validate an embedding array: rank, float dtype, non-empty, finite, no zero rows."""
+    """Validate an embedding array: rank, float dtype, non-empty, finite, no zero rows.
+
+    Checked in row blocks (see :func:`row_blocks`), so a float16 table is never cast to
+    float32 as a whole; float16/float32 arrays are returned as they are (no copy).
+    """
     if array.ndim != rank:
         raise DataError(f"{name}: key '{key}' has shape {array.shape} but must have rank "
                         f"{rank}; re-save it with the documented shape.")
@@ -213,18 +279,32 @@ def _check_vectors(array: np.ndarray, name: str, key: str, rank: int) -> np.ndar
             raise DataError(f"{name}: key '{key}' has dtype {array.dtype}; store float16 "
                             f"or float32 vectors.")
         array = array.astype(np.float32)
-    finite = np.isfinite(array).reshape(-1, array.shape[-1]).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise DataError(f"{name}: key '{key}' has {len(bad)} rows with NaN or inf (first at "
-                        f"row {bad[0]}); re-embed those chunks or drop them.")
-    norms = np.linalg.norm(array.reshape(-1, array.shape[-1]).astype(np.float32), axis=1)
-    zero = np.flatnonzero(norms < ZERO_NORM)
+    rows = array.reshape(-1, array.shape[-1])
+    non_finite = np.concatenate([np.flatnonzero(~np.isfinite(rows[block]).all(axis=1))
+                                 + block.start for block in row_blocks(len(rows))])
+    if len(non_finite):
+        raise DataError(f"{name}: key '{key}' has {len(non_finite)} rows with NaN or inf "
+                        f"(first at row {non_finite[0]}); re-embed those chunks or drop them.")
+    zero = np.flatnonzero(row_norms(rows) < ZERO_NORM)
     if len(zero):
         raise DataError(f"{name}: key '{key}' has {len(zero)} all-zero rows (first at rows "
                         f"{zero[:5].tolist()}), the mark of a failed encoder batch; re-embed "
                         f"those chunks or drop them.")
     return array
+
+
+def row_blocks(count: int, block: int | None = None) -> list[slice]:
+    """Slices covering range(count) in blocks of ``block`` rows (default BLOCK_ROWS)."""
+    block = block or BLOCK_ROWS
+    return [slice(start, min(start + block, count)) for start in range(0, count, block)]
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """(M,) float32 L2 norm of each row of an (M, D) table, computed in float32 blocks."""
+    norms = np.empty(len(vectors), dtype=np.float32)
+    for block in row_blocks(len(vectors)):
+        norms[block] = np.linalg.norm(vectors[block].astype(np.float32), axis=1)
+    return norms
 
 
 def _offsets(arrays: dict, num_rows: int, name: str) -> np.ndarray:
@@ -255,19 +335,23 @@ def _offsets(arrays: dict, num_rows: int, name: str) -> np.ndarray:
 def chunk_dataset(vectors: np.ndarray, offsets: np.ndarray | None = None,
                   doc_ids: np.ndarray | None = None, name: str = "arrays",
                   val_fraction: float = 0.2, split_seed: int = 0,
-                  val_docs: np.ndarray | None = None, metadata: dict | None = None) -> Dataset:
+                  val_docs: np.ndarray | None = None, metadata: dict | None = None,
+                  whole_file_split: bool | None = None) -> Dataset:
     """A validated chunk-level Dataset from in-memory arrays.
 
     vectors (M, D) float16/float32; document boundaries as offsets (n_docs + 1,) or grouped
     doc_ids (M,); val_docs (n_docs,) bool fixes the validation documents, else a seeded
-    split of val_fraction of the documents.
+    split of val_fraction of the documents. whole_file_split True (False) makes every
+    document validation (training), for a file given as a whole split (--val-data).
     """
     vectors = _check_vectors(vectors, name, "vectors", rank=2)
     boundaries = {key: value for key, value in (("offsets", offsets), ("doc_ids", doc_ids))
                   if value is not None}
     offsets = _offsets(boundaries, len(vectors), name)
     num_docs = len(offsets) - 1
-    if val_docs is not None:
+    if whole_file_split is not None:
+        val_docs = np.full(num_docs, whole_file_split)
+    elif val_docs is not None:
         val_docs = np.asarray(val_docs)
         if val_docs.shape != (num_docs,) or val_docs.dtype != bool:
             raise DataError(f"{name}: key 'val_doc_mask' must be bool with one entry per "
@@ -289,7 +373,7 @@ def split_documents(num_docs: int, val_fraction: float, seed: int, name: str) ->
 
 
 def _window_dataset(arrays, context_key, target_key, name, metadata, val_fraction,
-                    split_seed, keep_file_split):
+                    split_seed, keep_file_split, whole_file_split=None):
     if target_key not in arrays:
         raise DataError(f"{name}: has '{context_key}' but no '{target_key}'; save the "
                         f"target vectors under '{target_key}'.")
@@ -300,7 +384,9 @@ def _window_dataset(arrays, context_key, target_key, name, metadata, val_fractio
         raise DataError(f"{name}: '{target_key}' has shape {targets.shape} but "
                         f"'{context_key}' implies ({num}, {dim}); one target per window with "
                         f"the same dimension is needed.")
-    if "val_mask" in arrays and keep_file_split:
+    if whole_file_split is not None:
+        val_mask = np.full(num, whole_file_split)
+    elif "val_mask" in arrays and keep_file_split:
         val_mask = np.asarray(arrays["val_mask"])
         if val_mask.shape != (num,) or val_mask.dtype != bool:
             raise DataError(f"{name}: key 'val_mask' must be bool with one entry per window "

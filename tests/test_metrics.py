@@ -208,7 +208,6 @@ def test_far_apart_validation_documents_give_the_brute_force_metrics(batch_size)
 
 def test_block_wise_data_signals_equal_the_whole_table_formula(monkeypatch):
     import tune_p7.data
-    from tune_p7 import metrics as metrics_module
 
     dataset = spread_dataset()
     windows = dataset.windows(4, "train")
@@ -219,8 +218,7 @@ def test_block_wise_data_signals_equal_the_whole_table_formula(monkeypatch):
     expected = {"forward_signal": np.mean(cos(last, target) - cos(last, last - 1)),
                 "recency": np.mean(cos(last, target) - cos(windows.starts, target)),
                 "coherence": np.mean(cos(pairs, pairs + 1))}
-    monkeypatch.setattr(metrics_module, "BLOCK_WINDOWS", 7)  # many blocks, a ragged last one
-    monkeypatch.setattr(tune_p7.data, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(tune_p7.data, "BLOCK_ROWS", 7)  # many blocks, a ragged last one
     signals = data_signals(windows)
     for name, value in expected.items():
         assert signals[name] == pytest.approx(value, abs=1e-6), name

@@ -15,7 +15,7 @@ import numpy as np
 
 from tune_p7.config import TrainConfig
 from tune_p7.data import ZERO_NORM, DataError, Dataset, load_dataset, row_blocks, row_norms
-from tune_p7.metrics import reference_metrics
+from tune_p7.metrics import lag_cosine_rows, reference_metrics
 from tune_p7.progress import Progress, progress_printer, silent
 
 MAX_LAG = 10
@@ -27,30 +27,22 @@ def lag_cosines(dataset: Dataset, max_lag: int = MAX_LAG) -> dict[str, list[floa
     """Mean cos(c_i, c_{i+lag}) over chunk pairs inside one document, for lag 1..max_lag.
 
     Returns {"train" | "val": list of max_lag floats} (NaN where no document of the split is
-    long enough). One pass over the table in contiguous row blocks, each normalized once in
-    float32.
+    long enough), from one block-wise pass over the table (metrics.lag_cosine_rows).
     """
-    row_document = np.repeat(np.arange(dataset.num_documents), np.diff(dataset.offsets))
-    row_is_val = dataset.val_docs[row_document]
-    sums, counts = np.zeros((2, max_lag)), np.zeros((2, max_lag), dtype=np.int64)
-    for block in row_blocks(len(dataset.vectors)):
-        stop = min(block.stop + max_lag, len(dataset.vectors))  # pairs may end past the block
-        unit = dataset.vectors[block.start:stop].astype(np.float32)
-        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-        documents, is_val = row_document[block.start:stop], row_is_val[block.start:stop]
-        for lag in range(1, max_lag + 1):
-            pairs = min(block.stop - block.start, len(unit) - lag)
-            if pairs <= 0:  # the table's last rows: no chunk this far ahead
-                break
-            same_document = documents[:pairs] == documents[lag:lag + pairs]
-            cosines = np.einsum("ij,ij->i", unit[:pairs], unit[lag:lag + pairs])
-            for split_index, in_split in enumerate((~is_val[:pairs], is_val[:pairs])):
-                chosen = same_document & in_split
-                sums[split_index, lag - 1] += cosines[chosen].sum(dtype=np.float64)
-                counts[split_index, lag - 1] += chosen.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts
-    return {"train": means[0].tolist(), "val": means[1].tolist()}
+    lags = np.arange(1, max_lag + 1)
+    cosines = lag_cosine_rows(dataset.vectors, tuple(lags.tolist()))       # (max_lag, M)
+    lengths = np.diff(dataset.offsets)
+    row_document = np.repeat(np.arange(dataset.num_documents), lengths)
+    # Rows still lag or more chunks before their document's end: the pairs inside it.
+    to_end = np.repeat(dataset.offsets[1:], lengths) - np.arange(len(row_document))
+    inside = to_end[None, :] > lags[:, None]                                # (max_lag, M)
+    curves = {}
+    for split, is_val in (("train", False), ("val", True)):
+        chosen = inside & (dataset.val_docs[row_document] == is_val)[None, :]
+        with np.errstate(invalid="ignore"):
+            curves[split] = (np.where(chosen, cosines, 0).sum(axis=1, dtype=np.float64)
+                             / chosen.sum(axis=1)).tolist()
+    return curves
 
 
 def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7),
@@ -170,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="sizes, norms, signals, trivial baselines")
     inspect.add_argument("data", help="NPZ file, 'default' or 'synthetic'")
+    inspect.add_argument("--val-data", help="a second NPZ of the same D and shape that is the "
+                                            "validation split (every document of DATA trains)")
     inspect.add_argument("--context", type=int, nargs="+", default=[5, 7])
     inspect.add_argument("--val-fraction", type=float, default=0.2)
     inspect.add_argument("--split-seed", type=int, default=0)
@@ -181,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     say = progress_printer()
     try:
-        dataset = load_dataset(args.data, args.val_fraction, args.split_seed, progress=say)
+        dataset = load_dataset(args.data, args.val_fraction, args.split_seed,
+                               val_source=args.val_data, progress=say)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -30,7 +30,6 @@ CANDIDATE_CHUNK = 16384  # candidates scored per matmul, bounds memory at ~B x t
 # summed in a different order differ by up to ~1e-6, so an exact duplicate of the target
 # row may score that much above it.
 TIE_TOLERANCE = 1e-6
-BLOCK_WINDOWS = 16384  # windows per block in data_signals
 
 
 def copy_last(contexts: torch.Tensor) -> torch.Tensor:
@@ -118,18 +117,6 @@ def _rank_scores(ranks: torch.Tensor, prefix: str) -> dict:
     return scores
 
 
-def _beaten(scores: torch.Tensor, own: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-    """(B,) count of eligible candidates scoring above the target by more than TIE_TOLERANCE.
-
-    scores (B, C) cos of each query with each candidate; own (B,) cos with its own target;
-    eligible (B, C) bool. The target itself is never eligible (excluded by index), so it
-    cannot beat itself whatever the order the two products summed in; a candidate within the
-    tolerance of the target (a duplicate row, a rounding difference) is a tie, and ties count
-    in the target's favour, in-document and global alike.
-    """
-    return ((scores > own[:, None] + TIE_TOLERANCE) & eligible).sum(-1)
-
-
 def _in_document_ranks(predictions, targets, positions, source: BatchSource) -> torch.Tensor:
     """1-based rank (B,) of each target among all chunks of its own document.
 
@@ -149,7 +136,7 @@ def _in_document_ranks(predictions, targets, positions, source: BatchSource) -> 
         scores = predictions @ source.rows(candidates).T                     # (B, C)
         eligible = ((row_document[block:block + CANDIDATE_CHUNK] == window_document[:, None])
                     & (candidates != target_row[:, None]))
-        beaten += _beaten(scores, own, eligible)
+        beaten += ((scores > own[:, None] + TIE_TOLERANCE) & eligible).sum(-1)
     return beaten + 1
 
 
@@ -167,18 +154,20 @@ def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) 
 
     predictions (Q, D) of the windows at ``positions`` (Q,). Each block of candidates is
     normalized once and scored against every query; a query's own target is excluded by
-    index (see :func:`_beaten`).
+    index: counted like any candidate, then taken back out of its count.
     """
     target_rows = source.starts + source.windows.context
     own = (predictions * source.rows(target_rows[positions])).sum(-1)
     beaten = torch.zeros(len(predictions), dtype=torch.long, device=predictions.device)
     for block in range(0, len(target_rows), CANDIDATE_CHUNK):
         candidates = source.rows(target_rows[block:block + CANDIDATE_CHUNK])
-        index = torch.arange(block, block + len(candidates), device=positions.device)
         for query in range(0, len(predictions), batch_size):
             chosen = slice(query, query + batch_size)
-            eligible = index != positions[chosen, None]
-            beaten[chosen] += _beaten(predictions[chosen] @ candidates.T, own[chosen], eligible)
+            above = predictions[chosen] @ candidates.T > own[chosen, None] + TIE_TOLERANCE
+            beaten[chosen] += above.sum(-1)
+            column = positions[chosen] - block        # the query's own target in this block
+            here = torch.nonzero((column >= 0) & (column < len(candidates))).flatten()
+            beaten[query + here] -= above[here, column[here]].long()
     return beaten + 1
 
 
@@ -213,43 +202,53 @@ def reference_metrics(dataset: Dataset, context: int, global_queries: int | None
     evaluated = splits["val"].evenly_spaced(max_val_windows)
     table = device_table(dataset.vectors, "cpu")
     scores = trivial_baselines(BatchSource(evaluated, table), global_queries=global_queries)
+    lag_rows = lag_cosine_rows(dataset.vectors, (1, context))
     return {"baselines": {name: {f"val_{key}": value for key, value in metrics.items()}
                           for name, metrics in scores.items()},
-            "signals": {split: data_signals(windows) for split, windows in splits.items()}}
+            "signals": {split: data_signals(windows, lag_rows)
+                        for split, windows in splits.items()}}
 
 
-def data_signals(windows: WindowSet) -> dict[str, float]:
+def data_signals(windows: WindowSet, lag_rows: np.ndarray | None = None) -> dict[str, float]:
     """Directional signals of the data itself, averaged over windows (DESIGN.md).
 
     forward_signal = mean cos(c_t, c_{t+1}) - cos(c_t, c_{t-1});
     recency = mean cos(c_t, c_{t+1}) - cos(c_{t-K+1}, c_{t+1});
     coherence = mean cos over the distinct adjacent chunk pairs inside the windows.
-    Computed in blocks of rows (float32 per block, the table in its own dtype).
+    Every term is a cosine of rows 1 or K apart, so both come from one block-wise pass over
+    the table, ``lag_rows = lag_cosine_rows(windows.vectors, (1, K))`` (pass it when already
+    computed: the splits share the table), and the windows only index them.
     """
-    vectors, starts, context = windows.vectors, windows.starts, windows.context
-    target, last = starts + context, starts + context - 1
-    cos_next = row_cosines(vectors, last, target)
-    forward = cos_next - row_cosines(vectors, last, last - 1)
-    recency = cos_next - row_cosines(vectors, starts, target)
+    starts, context = windows.starts, windows.context
+    if lag_rows is None:
+        lag_rows = lag_cosine_rows(windows.vectors, (1, context))
+    next_row, k_ahead = lag_rows
+    last = starts + context - 1
+    cos_next = next_row[last]
     # Each adjacent pair inside any window once, though windows overlap.
     pair_starts = np.unique(starts[:, None] + np.arange(context))
-    adjacent = row_cosines(vectors, pair_starts, pair_starts + 1)
-    return {"forward_signal": float(np.mean(forward, dtype=np.float64)),
-            "recency": float(np.mean(recency, dtype=np.float64)),
-            "coherence": float(np.mean(adjacent, dtype=np.float64)),
+    return {"forward_signal": float(np.mean(cos_next - next_row[last - 1], dtype=np.float64)),
+            "recency": float(np.mean(cos_next - k_ahead[starts], dtype=np.float64)),
+            "coherence": float(np.mean(next_row[pair_starts], dtype=np.float64)),
             "windows": len(windows)}
 
 
-def row_cosines(vectors: np.ndarray, rows: np.ndarray, other_rows: np.ndarray) -> np.ndarray:
-    """(n,) float32 cos(vectors[rows[i]], vectors[other_rows[i]]) for an (M, D) table.
+def lag_cosine_rows(vectors: np.ndarray, lags: tuple[int, ...]) -> np.ndarray:
+    """(len(lags), M) float32: [i, r] = cos(row r, row r + lags[i]) of an (M, D) table.
 
-    Gathered and cast to float32 BLOCK_WINDOWS pairs at a time, so memory stays at a few
-    blocks whatever M and the table's dtype.
+    NaN where r + lag lies past the table; rows of different documents are not told apart
+    (callers index only pairs inside one document). One pass over contiguous row blocks,
+    each cast to float32 and normalized once, so memory stays at a block whatever M and the
+    table's dtype.
     """
-    cosines = np.empty(len(rows), dtype=np.float32)
-    for block in row_blocks(len(rows), BLOCK_WINDOWS):
-        first = vectors[rows[block]].astype(np.float32)
-        second = vectors[other_rows[block]].astype(np.float32)
-        cosines[block] = (np.einsum("ij,ij->i", first, second)
-                          / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)))
+    count, reach = len(vectors), max(lags)
+    cosines = np.full((len(lags), count), np.nan, dtype=np.float32)
+    for block in row_blocks(count):
+        unit = vectors[block.start:min(block.stop + reach, count)].astype(np.float32)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        for index, lag in enumerate(lags):
+            pairs = min(block.stop - block.start, len(unit) - lag)
+            if pairs > 0:
+                cosines[index, block.start:block.start + pairs] = np.einsum(
+                    "ij,ij->i", unit[:pairs], unit[lag:lag + pairs])
     return cosines

@@ -232,3 +232,21 @@ def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_data, tmp_path, capsys):
         assert f"cell {cell}" in out
     assert "optuna 3 TPE trials" in out and "epochs at most 21" in out
     assert "concurrency 2" in out and str(tmp_path / "dry") in out
+
+
+def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything_is_written(
+        tiny_data, tmp_path, capsys):
+    from tune_p7.sweep import main
+
+    vectors, offsets = make_synthetic(num_docs=6, dim=8, seed=4)  # D=8, the data has D=16
+    other = tmp_path / "other-d.npz"
+    np.savez(other, vectors=vectors, offsets=offsets)
+    arguments = ["--space", str(TINY_SPACE), "--data", str(tiny_data), "--val-data", str(other),
+                 "--storage-path", str(tmp_path), "--name", "paired"]
+    assert main([*arguments, "--dry-run"]) == 0
+    assert f"(validation: {other})" in capsys.readouterr().out
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
+                     f"must be embedded with the same encoder as --data.")
+    assert not (tmp_path / "paired").exists()

@@ -295,15 +295,15 @@ def test_failing_job_passes_its_exit_code_and_logs_to_the_user(capsys, head):
     job_id = out.splitlines()[0]
     assert job_id.startswith("raysubmit_")
     assert code == 2                                   # the sweep's own argument error
-    assert "invalid choice: 'no-such-profile'" in out  # its stderr, streamed
+    assert "defines no profile 'no-such-profile'" in out  # its stderr, streamed
     assert f"job {job_id} FAILED (exit code 2)" in err
     code, out, _ = run_main(capsys, "status", job_id, "--address", head.address)
     assert code == 0 and "status:       FAILED" in out and "exit code:    2" in out
     assert f"sweep folder: {head.folder / 'sweeps'}/p7-" in out
     code, out, _ = run_main(capsys, "logs", job_id, "--address", head.address)
-    assert code == 0 and "invalid choice: 'no-such-profile'" in out
+    assert code == 0 and "defines no profile 'no-such-profile'" in out
     code, out, _ = run_main(capsys, "logs", job_id, "--follow", "--address", head.address)
-    assert code == 2 and "invalid choice: 'no-such-profile'" in out
+    assert code == 2 and "defines no profile 'no-such-profile'" in out
 
 
 def test_paths_the_cluster_cannot_use_are_refused_before_the_sweep_starts(capsys, head):

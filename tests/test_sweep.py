@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import TINY_SPACE
-from tune_p7.data import make_synthetic
 from tune_p7.folder import read_history
+from tune_p7.plots import PLOT_FILES
 from tune_p7.train import TrainConfig
 
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context"}
@@ -33,15 +32,6 @@ TRIAL_COLUMNS = {
     "trial_id", "experiment", "phase", "cell", "status", "error", "epochs_run",
     "stopped_early", "val_margin", "best_val_margin", "best_epoch", "val_cos_next",
     "val_r_at_5", "train_margin", "seconds"} | set(TrainConfig().to_dict())
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A chunk-level NPZ of 40 short synthetic documents (16-d, ~630 chunks)."""
-    vectors, offsets = make_synthetic(num_docs=40, dim=16, min_chunks=12, max_chunks=20, seed=3)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, vectors=vectors, offsets=offsets)
-    return path
 
 
 def sweep_command(data, storage, name, *extra):
@@ -126,7 +116,7 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     assert "K=7:" in done.stdout and "orth_mean Δ" in done.stdout
     # The sweep writes the analysis too: summary, plots and the Optuna study.
     assert "== baseline cells ==" in (sweep_dir / "summary.txt").read_text()
-    assert len(list(sweep_dir.glob("*.png"))) == 3 and (sweep_dir / "optuna.db").stat().st_size > 0
+    assert len(list(sweep_dir.glob("*.png"))) == len(PLOT_FILES) and (sweep_dir / "optuna.db").stat().st_size > 0
 
 
 def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_data, tmp_path):

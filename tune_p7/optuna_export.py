@@ -8,10 +8,11 @@ The study is rebuilt from the DataFrames every time (written to a temporary file
 renamed, so a dashboard never reads half a study). One Optuna trial per sweep trial
 (confirm re-runs left out: they measure noise, not the search):
 
-- params: the searched hyperparameters (sweep.json "optuna.params", FloatDistribution with
-  its log flag) plus any field in which the baseline cells differ (e.g. context, as an
-  IntDistribution). A distribution is widened to hold every trial's value, so the cells
-  are in the study even where they lie outside the Optuna ranges.
+- params: the searched hyperparameters (sweep.json "optuna.params": FloatDistribution,
+  IntDistribution with its step, CategoricalDistribution, log flags kept) plus any field in
+  which the baseline cells differ (e.g. context, as an IntDistribution; a string or boolean
+  field as a CategoricalDistribution). A distribution is widened to hold every trial's
+  value, so every trial is in the study even where one lies outside the searched space.
 - value: the final val_margin (the direction is maximize); intermediate values: val_margin
   per epoch (step = epoch).
 - state: complete -> COMPLETE, stopped_early -> PRUNED (ASHA), error -> FAIL, interrupted ->
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from tune_p7.files import atomic_path
 from tune_p7.plan import Plan
 from tune_p7.results import Sweep, plain
+from tune_p7.space import observed_param
 
 STUDY_FILE = "optuna.db"
 STATES = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED,
@@ -65,22 +66,14 @@ def export_study(sweep: Sweep, path: str | Path | None = None) -> optuna.Study:
 
 
 def study_distributions(plan: Plan, trials: pd.DataFrame, parameters: list[str]) -> dict:
-    """{parameter: distribution}: the plan's Optuna ranges, integer fields as
-    IntDistribution, each widened to hold every trial's value."""
-    ranges = plan.optuna.params
+    """{parameter: distribution}: the plan's searched specs (and the fields the cells vary)
+    as Optuna distributions of their kind, each widened to hold every trial's value
+    (tune_p7.space.observed_param); a field with no spec and one value is left out."""
     distributions = {}
     for name in parameters:
-        values = pd.to_numeric(trials[name], errors="coerce").dropna()
-        planned = ranges.get(name, {})
-        low = min([planned.get("low", math.inf), *values])
-        high = max([planned.get("high", -math.inf), *values])
-        if not math.isfinite(low) or (low == high and name not in ranges):
-            continue  # no range and one value: nothing to learn from this parameter
-        if pd.api.types.is_integer_dtype(trials[name]):
-            distributions[name] = IntDistribution(int(low), int(high))
-        else:
-            distributions[name] = FloatDistribution(float(low), float(high),
-                                                    log=bool(planned.get("log", False)))
+        param = observed_param(plan.optuna.params.get(name), trials[name].dropna().tolist())
+        if param is not None:
+            distributions[name] = param.optuna()
     return distributions
 
 

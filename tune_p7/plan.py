@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tune_p7.config import TrainConfig
+from tune_p7.space import from_spec
 
 # Arguments that define what a sweep computes; a resumed sweep keeps the saved ones.
 PLAN_ARGUMENTS = ("space", "data", "val_data", "profile", "epochs", "epoch_windows",
@@ -38,7 +39,7 @@ class OptunaPlan:
 
     trials: int = 0
     context: int | None = None    # K of every Optuna trial
-    params: dict = field(default_factory=dict)  # field -> {"low", "high", "log"}
+    params: dict = field(default_factory=dict)  # field -> spec (tune_p7.space.from_spec)
     startup_trials: int = 1       # TPE samples at random until this many trials are done
     asha: AshaPlan = field(default_factory=AshaPlan)
 
@@ -78,8 +79,8 @@ class Plan:
         given = {key: value for key, value in values.items() if key in known}
         if "optuna" in given:
             given["optuna"] = OptunaPlan.from_dict(given["optuna"])
-        # Settings added to TrainConfig after a sweep started take their defaults.
-        given["fixed"] = {**TrainConfig().to_dict(), **given.get("fixed", {})}
+        if given.get("fixed"):  # settings added to TrainConfig since take their defaults
+            given["fixed"] = {**TrainConfig().to_dict(), **given["fixed"]}
         return cls(**given)
 
     def to_dict(self) -> dict:
@@ -91,10 +92,13 @@ class Plan:
         return int(self.fixed["epochs"])
 
     def contexts(self) -> list[int]:
-        """Every context K the sweep trains on: the cells' and the Optuna trials'."""
+        """Every context K the sweep trains on: the cells', the Optuna trials' and, where
+        context is searched, every K the search can give."""
         used = {cell["context"] for cell in self.cells}
         if self.optuna.context is not None:
             used.add(self.optuna.context)
+        if "context" in self.optuna.params:
+            used.update(from_spec(self.optuna.params["context"]).values())
         return sorted(used)
 
     def most_epochs(self) -> int:

@@ -1,14 +1,18 @@
 """PNG plots of a sweep, drawn from the results DataFrames only (no pyplot, no global state).
 
-    paths = write_plots(load_sweep("results/NAME"))   # three PNGs in the sweep folder
+    paths = write_plots(load_sweep("results/NAME"))   # PLOT_FILES in the sweep folder
 
 - val_margin_by_epoch.png: val Δ per epoch, one line per trial; the baseline cells in
   colour and labelled, Optuna trials grey, a trial that ended early stops where it ended
   (x: stopped by ASHA, red x: failed); the warm-up end and the trivial predictors' Δ marked.
-- val_margin_by_parameter.png: final val Δ against each searched hyperparameter.
+- val_margin_by_parameter.png: final val Δ against each searched hyperparameter; a log
+  range on a log axis with round tick values, an integer range on integer ticks, a
+  categorical on one tick per choice.
 - cos_next_vs_cos_prev.png: final val cos_next against val cos_prev per trial, with the
   Δ = 0 diagonal (above it: closer to the next chunk than to the last context chunk) and
   the trivial predictors of every context marked.
+- parallel_coordinates.png: one line per trial across an axis per searched hyperparameter
+  and one for final val Δ, coloured by final val Δ (baseline cells dashed).
 
 Confirm re-runs (phase "confirm") are not drawn.
 """
@@ -16,25 +20,32 @@ Confirm re-runs (phase "confirm") are not drawn.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from tune_p7.files import atomic_path
 from tune_p7.results import Sweep
+from tune_p7.space import Choices, FloatRange, IntRange, Param, observed_param
 
 PLOT_FILES = ("val_margin_by_epoch.png", "val_margin_by_parameter.png",
-              "cos_next_vs_cos_prev.png")
+              "cos_next_vs_cos_prev.png", "parallel_coordinates.png")
 CELL_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 PREDICTOR_STYLE = {"copy_last": ("s", "black"), "context_mean": ("D", "tab:olive"),
                    "orth_mean": ("^", "tab:red")}
 DPI = 110
+PANELS_PER_ROW = 4  # by-parameter panels side by side before the next row
 
 
 def write_plots(sweep: Sweep, folder: str | Path | None = None) -> list[Path]:
-    """Draw the three plots of ``sweep`` into ``folder`` (default: the sweep folder).
+    """Draw the plots of ``sweep`` (PLOT_FILES) into ``folder`` (default: the sweep folder).
 
     Returns the written paths. A sweep with no reported epoch yet still gets every file
     (with a note instead of data), so a dashboard or report never points at a missing file.
@@ -44,7 +55,8 @@ def write_plots(sweep: Sweep, folder: str | Path | None = None) -> list[Path]:
                                 history=sweep.history[sweep.history["phase"] != "confirm"])
     folder = Path(folder or sweep.path)
     folder.mkdir(parents=True, exist_ok=True)
-    drawers = (_margin_by_epoch, _margin_by_parameter, _cos_next_vs_cos_prev)
+    drawers = (_margin_by_epoch, _margin_by_parameter, _cos_next_vs_cos_prev,
+               _parallel_coordinates)
     paths = []
     for name, draw in zip(PLOT_FILES, drawers):
         figure = draw(sweep)
@@ -146,34 +158,192 @@ def _main_context(sweep: Sweep) -> int:
 
 def _margin_by_parameter(sweep: Sweep) -> Figure:
     """One panel per searched hyperparameter: final val Δ of every trial against its value."""
-    parameters = sweep.parameters() or ["margin"]
-    figure = Figure(figsize=(4.2 * len(parameters), 4.2))
+    params = _parameter_axes(sweep) or {"margin": None}
+    columns = min(len(params), PANELS_PER_ROW)
+    rows = math.ceil(len(params) / columns)
+    figure = Figure(figsize=(4.2 * columns, 4.0 * rows), layout="constrained")
+    panels = figure.subplots(rows, columns, sharey=True, squeeze=False).flatten()
+    for unused in panels[len(params):]:
+        unused.set_visible(False)
     trials = _reported(sweep.trials)
     colours = _cell_colours(sweep.trials)
-    ranges = sweep.plan.optuna.params
-    for index, name in enumerate(parameters):
-        axes = figure.add_subplot(1, len(parameters), index + 1)
-        axes.set(xlabel=name, ylabel="final val Δ" if index == 0 else None)
+    for index, (axes, (name, param)) in enumerate(zip(panels, params.items())):
+        axes.set(xlabel=name, ylabel="final val Δ" if index % columns == 0 else None)
         if _note_if_empty(axes, trials):
             continue
         for phase, group in trials.groupby("phase"):
             cells = phase == "baseline"
-            axes.scatter(group[name], group["val_margin"], s=60 if cells else 25,
+            axes.scatter(_coordinates(param, group[name]), group["val_margin"],
+                         s=60 if cells else 25,
                          c=[colours.get(c, "tab:gray") for c in group["cell"]] if cells
                          else "tab:gray", edgecolors="black" if cells else "none",
                          label="baseline cells" if cells else f"{phase} trials", zorder=3)
         failed = trials[trials["status"] == "error"]
         if not failed.empty:
-            axes.scatter(failed[name], failed["val_margin"], marker="x", c="red", s=50,
-                         label="failed (last epoch)", zorder=4)
-        if ranges.get(name, {}).get("log"):
-            axes.set_xscale("log")
+            axes.scatter(_coordinates(param, failed[name]), failed["val_margin"], marker="x",
+                         c="red", s=50, label="failed (last epoch)", zorder=4)
+        if param is not None:
+            _parameter_ticks(axes, param)
         axes.axhline(0, color="black", linewidth=0.8)
         axes.grid(alpha=0.3)
-    if figure.axes[0].get_legend_handles_labels()[0]:
-        figure.axes[0].legend(fontsize=7, loc="best")
+    if panels[0].get_legend_handles_labels()[0]:
+        panels[0].legend(fontsize=7, loc="best")
     figure.suptitle(f"{sweep.path.name}: final validation margin by hyperparameter")
     return figure
+
+
+def _parameter_axes(sweep: Sweep) -> dict[str, Param]:
+    """{parameter: its kind and span} for every searched or cell-varied parameter
+    (tune_p7.space.observed_param); parameters with no spec and one value are left out."""
+    params = {}
+    for name in sweep.parameters():
+        param = observed_param(sweep.plan.optuna.params.get(name),
+                               sweep.trials[name].dropna().tolist())
+        if param is not None:
+            params[name] = param
+    return params
+
+
+def _coordinates(param: Param | None, values: pd.Series) -> np.ndarray:
+    """Values as plot coordinates: a choice's position in Choices, else the number itself."""
+    if isinstance(param, Choices):
+        position = {choice: index for index, choice in enumerate(param.choices)}
+        return values.map(position).to_numpy(dtype=float)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
+def _ticks(param: Param) -> tuple[list, list[str]]:
+    """(tick coordinates, labels) of a parameter axis: one per choice; round values on a
+    log range (see _log_ticks); a few round values, whole numbers for an integer range."""
+    if isinstance(param, Choices):
+        return list(range(len(param.choices))), [str(choice) for choice in param.choices]
+    if param.log:
+        values = _log_ticks(param.low, param.high)
+    else:
+        values = _inside(MaxNLocator(nbins=5, integer=isinstance(param, IntRange))
+                         .tick_values(param.low, param.high), param.low, param.high)
+    if isinstance(param, IntRange):
+        values = sorted({int(round(value)) for value in values})
+    return list(values), [f"{value:g}" for value in values]
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Round values between low and high for a log axis, at most about six: 1, 2, 5 × 10^k
+    within one decade, 1, 3 × 10^k within two, 10^k beyond (every n-th decade past six);
+    linear round values where fewer than two of those fall inside (a range narrower than
+    1..2)."""
+    decades = math.log10(high / low)
+    steps = (1, 2, 5) if decades <= 1 else (1, 3) if decades <= 2 else (1,)
+    stride = max(1, math.ceil(decades / 6))
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    values = _inside([step * 10.0 ** exponent for exponent in range(first, last + 1, stride)
+                      for step in steps], low, high)
+    return values if len(values) >= 2 else _inside(
+        MaxNLocator(nbins=4).tick_values(low, high), low, high)
+
+
+def _inside(values, low: float, high: float) -> list[float]:
+    tolerance = 1e-9 * (abs(low) + abs(high))
+    return [float(value) for value in values if low - tolerance <= value <= high + tolerance]
+
+
+def _parameter_ticks(axes, param: Param) -> None:
+    """The x axis of a by-parameter panel: the parameter's whole span, its scale and ticks
+    (no minor tick labels, which overlap on a log axis shorter than a decade)."""
+    ticks, labels = _ticks(param)
+    if isinstance(param, Choices):
+        axes.set_xlim(-0.5, len(ticks) - 0.5)
+    elif param.log:
+        axes.set_xscale("log")
+        pad = (param.high / param.low) ** 0.05
+        axes.set_xlim(param.low / pad, param.high * pad)
+    else:
+        pad = 0.05 * (param.high - param.low)
+        axes.set_xlim(param.low - pad, param.high + pad)
+    axes.set_xticks(ticks, labels)
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _normalized(param: Param, coordinates: np.ndarray) -> np.ndarray:
+    """Coordinates mapped to 0..1 over the parameter's span (log-scaled for a log range,
+    choices evenly spaced)."""
+    if isinstance(param, Choices):
+        last = len(param.choices) - 1
+        return coordinates / last if last else np.full_like(coordinates, 0.5)
+    if param.log:
+        return ((np.log(coordinates) - math.log(param.low))
+                / (math.log(param.high) - math.log(param.low)))
+    return (coordinates - param.low) / (param.high - param.low)
+
+
+def _parallel_coordinates(sweep: Sweep) -> Figure:
+    """One line per trial: an axis per searched hyperparameter (its whole span; see _ticks)
+    and a last one for final val Δ, the line coloured by final val Δ; baseline cells dashed,
+    trials without a finite final val Δ grey (drawn over the parameter axes only)."""
+    params = _parameter_axes(sweep)
+    trials = _reported(sweep.trials)
+    figure = Figure(figsize=(max(6.0, 1.8 * (len(params) + 1) + 2.0), 5.0))
+    axes = figure.add_subplot()
+    axes.set_title(f"{sweep.path.name}: searched settings by final val Δ")
+    if _note_if_empty(axes, trials):
+        return figure
+    if not params:
+        axes.text(0.5, 0.5, "no searched setting varies", ha="center", va="center",
+                  transform=axes.transAxes)
+        return figure
+    margins = trials["val_margin"].to_numpy(dtype=float)
+    finite = np.isfinite(margins)
+    axis_params = {**params, "final val Δ": _margin_span(margins[finite])}
+    lines = np.column_stack([_normalized(param, _coordinates(param, trials[name]))
+                             for name, param in params.items()]
+                            + [_normalized(axis_params["final val Δ"], margins)])
+    x = np.arange(len(axis_params), dtype=float)
+    order = np.argsort(np.where(finite, margins, -np.inf))  # best drawn last, on top
+    colours = Normalize(axis_params["final val Δ"].low, axis_params["final val Δ"].high)
+    cells = (trials["phase"] == "baseline").to_numpy()
+    coloured = None
+    for is_cell, style, width in ((False, "solid", 1.3), (True, "dashed", 2.4)):
+        rows = [row for row in order if cells[row] == is_cell and finite[row]]
+        if rows:
+            coloured = LineCollection([np.column_stack([x, lines[row]]) for row in rows],
+                                      array=margins[rows], cmap="viridis", norm=colours,
+                                      linestyles=style, linewidths=width, zorder=3)
+            axes.add_collection(coloured)
+    grey = [np.column_stack([x[:-1], lines[row, :-1]]) for row in order if not finite[row]]
+    if grey:
+        axes.add_collection(LineCollection(grey, colors="tab:gray", linewidths=1.0, zorder=2))
+    for index, param in enumerate(axis_params.values()):
+        axes.axvline(index, color="black", linewidth=0.8, zorder=1)
+        ticks, labels = _ticks(param)
+        for position, label in zip(_normalized(param, np.asarray(ticks, dtype=float)), labels):
+            axes.plot([index - 0.03, index], [position, position], color="black",
+                      linewidth=0.8, zorder=1)
+            axes.text(index - 0.05, position, label, ha="right", va="center", fontsize=7,
+                      zorder=5, bbox={"facecolor": "white", "edgecolor": "none",
+                                      "alpha": 0.8, "pad": 0.5})
+    axes.set(xlim=(-0.6, len(axis_params) - 0.7), ylim=(-0.05, 1.05), yticks=[])
+    axes.set_xticks(x, list(axis_params))
+    axes.tick_params(axis="x", length=0)
+    axes.spines[:].set_visible(False)
+    if coloured is not None:
+        figure.colorbar(coloured, ax=axes, label="final val Δ", pad=0.02)
+    handles = [Line2D([], [], color="tab:gray", linestyle=style, linewidth=width, label=label)
+               for style, width, label in (("solid", 1.3, "Optuna trial"),
+                                           ("dashed", 2.4, "baseline cell"))]
+    if grey:
+        handles.append(Line2D([], [], color="tab:gray", linewidth=1.0,
+                              label="no finite final val Δ"))
+    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.08),
+                ncol=len(handles), frameon=False)
+    return figure
+
+
+def _margin_span(margins: np.ndarray) -> FloatRange:
+    """The final val Δ axis: the finite margins' span (±0.001 around a single value)."""
+    if not len(margins):
+        return FloatRange(-1.0, 1.0)
+    low, high = float(margins.min()), float(margins.max())
+    return FloatRange(low, high) if low < high else FloatRange(low - 1e-3, high + 1e-3)
 
 
 def _cos_next_vs_cos_prev(sweep: Sweep) -> Figure:

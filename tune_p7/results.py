@@ -25,6 +25,7 @@ from tune_p7.config import TrainConfig
 from tune_p7.folder import (RAY_FOLDER, SweepFolder, ray_trial_states, read_error, read_params,
                             read_results, trial_id)
 from tune_p7.plan import Plan
+from tune_p7.space import typed_settings
 from tune_p7.verdicts import Criteria, annotate
 
 KEYS = ("trial_id", "experiment", "phase", "cell")
@@ -148,12 +149,13 @@ def _finite(value) -> bool:
 
 
 def _trials_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> DataFrame with KEYS and trial_dir first; no rows gives TRIAL_COLUMNS, empty."""
+    """Rows -> DataFrame with KEYS and trial_dir first; no rows gives TRIAL_COLUMNS, empty;
+    settings typed as TrainConfig declares them (tune_p7.space.typed_settings)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=list(TRIAL_COLUMNS))
+        return typed_settings(pd.DataFrame(columns=list(TRIAL_COLUMNS)))
     first = [*KEYS, "trial_dir"]
-    return frame[first + [c for c in frame.columns if c not in first]]
+    return typed_settings(frame[first + [c for c in frame.columns if c not in first]])
 
 
 def _history_frame(histories: list[pd.DataFrame]) -> pd.DataFrame:
@@ -331,19 +333,23 @@ def parameter_summary(trials: pd.DataFrame, parameters: list[str], metric: str =
     """Per hyperparameter and value range: trials and mean/min/max of ``metric``.
 
     Parameters with at most ``bins`` distinct values are grouped by value, others by
-    quantile bins. Only trials that reported an epoch and did not fail count.
-    Columns: parameter, low, high, trials, <metric>_mean, <metric>_min, <metric>_max.
+    quantile bins; a categorical one (values that are not numbers, e.g. architecture) by
+    value, with low = high = that value. Only trials that reported an epoch and did not
+    fail count. Columns: parameter, low, high, trials, <metric>_mean, <metric>_min,
+    <metric>_max.
     """
     usable = trials[(trials["epochs_run"] > 0) & (trials["status"] != "error")]
     rows = []
     for name in parameters:
         values = pd.to_numeric(usable[name], errors="coerce")
-        groups = (values if values.nunique() <= bins
+        categorical = values.isna().sum() > usable[name].isna().sum()
+        groups = (usable[name] if categorical else values if values.nunique() <= bins
                   else pd.qcut(values, bins, duplicates="drop"))
         for _, members in usable.groupby(groups, observed=True, sort=True):
             chosen = members[metric]
-            rows.append({"parameter": name, "low": float(members[name].min()),
-                         "high": float(members[name].max()), "trials": len(members),
+            low, high = ((plain(members[name].iloc[0]),) * 2 if categorical
+                         else (float(members[name].min()), float(members[name].max())))
+            rows.append({"parameter": name, "low": low, "high": high, "trials": len(members),
                          f"{metric}_mean": chosen.mean(), f"{metric}_min": chosen.min(),
                          f"{metric}_max": chosen.max()})
     return pd.DataFrame(rows, columns=["parameter", "low", "high", "trials", f"{metric}_mean",

@@ -38,8 +38,8 @@ from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
 from tune_p7.progress import progress_printer
 from tune_p7.results import write_tables
-from tune_p7.space import DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile, load_space, \
-    parse_space
+from tune_p7.space import DEFAULT_PROFILE, DEFAULT_SPACE, SearchSpace, SpaceError, check_profile, \
+    from_spec, load_space, parse_space
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
                            check_shared_storage, rung_seeds, run_fixed_trials,
                            run_optuna_trials, start_ray, trial_options, warm_start_points)
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-data", help="a second NPZ of the same D and shape to validate "
                                            "on (every document of --data then trains), as "
                                            "the original --train-npz/--val-npz pair")
-    parser.add_argument("--profile", choices=PROFILES, help="quick (default) or full")
+    parser.add_argument("--profile", help=f"a profile of the space (default {DEFAULT_PROFILE}; "
+                                          f"search_spaces/p7.yaml has quick and full)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (default: the profile's)")
     parser.add_argument("--epoch-windows", type=int,
                         help="training windows per epoch, a seeded random subset each epoch "
@@ -131,10 +132,10 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None)
                                  f"start a new sweep with another --name.")
         return Plan.from_dict(saved)
     arguments = {**given, "space": str(args.space or _shown(DEFAULT_SPACE)),
-                 "data": args.data or "default", "profile": args.profile or "quick",
+                 "data": args.data or "default", "profile": args.profile or DEFAULT_PROFILE,
                  "seed": 0 if args.seed is None else args.seed}
     space = load_space(arguments["space"])
-    profile = space.profiles[arguments["profile"]]
+    profile = space.profile(arguments["profile"])
     overrides = {"seed": arguments["seed"]}
     for name, least in (("epochs", 1), ("epoch_windows", 0), ("max_val_windows", 0)):
         if arguments[name] is not None:
@@ -182,7 +183,7 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
         lines.append(f"  cell {cell['cell']:<16} K={cell['context']}  margin {cell['margin']}"
                      f"  λ {cell['anchor_lambda']}  temperature {cell['temperature']}"
                      f"  ({epochs} epochs, full budget)")
-    ranges = ", ".join(f"{name} {spec['low']}–{spec['high']}{' log' if spec['log'] else ''}"
+    ranges = ", ".join(f"{name} {from_spec(spec).describe()}"
                        for name, spec in optuna.params.items())
     asha = optuna.asha
     lines.append(f"  optuna {optuna.trials} TPE trials (K={optuna.context}) over "

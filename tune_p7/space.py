@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tune_p7.config import TrainConfig
 from tune_p7.files import UnreadableFile, read_yaml
+from tune_p7.plan import searched_lambda_range
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "p7.yaml"
 PROFILES = ("quick", "full")
@@ -123,8 +124,9 @@ def parse_space(content, name: str) -> SearchSpace:
 def check_profile(space: SearchSpace, profile: str, overrides: dict | None = None) -> None:
     """Raise SpaceError unless every trial of ``profile`` (with overrides) is a valid config.
 
-    Checks each cell, the Optuna ranges' both ends, cells inside the ranges and the ASHA
-    grace period against the teacher warm-up.
+    Checks each cell, the Optuna ranges' both ends (with the trials' learnable-λ range,
+    tune_p7.plan.searched_lambda_range), cells inside the ranges and the ASHA grace period
+    against the teacher warm-up.
     """
     name, prefix = space.path, f"profiles.{profile}"
     base = space.base_config(profile, overrides)
@@ -138,9 +140,10 @@ def check_profile(space: SearchSpace, profile: str, overrides: dict | None = Non
                                  f"range [{value_range.low}, {value_range.high}] of "
                                  f"'optuna.params.{param}'; move the cell inside or widen "
                                  f"the range.")
+    optuna_base = {**base, **searched_lambda_range(space.param_specs())}
     for end in ("low", "high"):
         values = {param: getattr(value_range, end) for param, value_range in space.params.items()}
-        _check_config({**base, **values}, name, f"optuna.params (every '{end}' end)")
+        _check_config({**optuna_base, **values}, name, f"optuna.params (every '{end}' end)")
     warmup = TrainConfig.from_dict(base).warmup_epochs
     grace = space.profiles[profile].grace_period
     if grace <= warmup:

@@ -119,7 +119,11 @@ def test_a_trial_that_beats_the_trivial_predictors_ranks_above_a_higher_margin_t
         {"val_margin": 0.60, "val_cos_next": 0.70, "val_r_at_5": 0.10},  # t1 below copy-last
         {"val_margin": 0.90, "status": "error"},                # t2 failed
         {"val_margin": 0.50, "context": 7}), NO_HISTORY, PREDICTORS)  # t3 unknown: not first
-    assert list(results.leaderboard(trials).trial_id) == ["t0", "t1", "t3", "t2"]
+    board = results.leaderboard(trials)
+    assert list(board.trial_id) == ["t0", "t1", "t3", "t2"]
+    reranked = results.leaderboard(board.iloc[::-1], "val_margin")  # a ranked table again
+    assert list(reranked.trial_id) == ["t0", "t1", "t3", "t2"]
+    assert list(reranked["rank"]) == [1, 2, 3, 4]
     assert results.best_trial(trials).trial_id == "t0"
     assert results.best_config(trials)["context"] == 5
     assert results.best_statement(trials) == (

@@ -231,7 +231,7 @@ def load_sweep(path: str | Path, criteria: Criteria = Criteria()) -> Sweep:
 
 def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
                 top: int | None = None) -> pd.DataFrame:
-    """trials ranked best first; adds "rank". The one ranking behind every "best" (the
+    """trials ranked best first; adds (or renews) "rank". The one ranking behind every "best" (the
     leaderboard, best_trial/best_config, --export-best, the sweep's top trials, confirm).
 
     Failed trials come last; before them, the trials that beat every trivial predictor
@@ -250,7 +250,7 @@ def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
     ranked = (trials.assign(_failed=failed, _not_beating=not_beating)
               .sort_values(["_failed", "_not_beating", sort], ascending=[True, True, ascending],
                            na_position="last", kind="stable")
-              .drop(columns=["_failed", "_not_beating"]))
+              .drop(columns=["_failed", "_not_beating", "rank"], errors="ignore"))
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked.head(top) if top else ranked
 

@@ -35,7 +35,6 @@ FLAGS = {
 TRIVIAL = ("copy_last", "context_mean", "orth_mean")
 R_AT_5 = "r_at_5"  # stands for val_r_at_5, or val_global_r_at_5 without documents (r_at_5)
 BEAT_METRICS = ("val_margin", "val_cos_next", R_AT_5)
-PARETO_METRICS = BEAT_METRICS
 ANNOTATIONS = ("verdict", *FLAGS, "flags", "beats_trivial", "trivial_not_beaten", "pareto")
 
 

@@ -148,10 +148,13 @@ def test_analyze_prints_every_section_and_writes_plots_and_study(sweep_dir, anal
     code, out, err = analyzed
     assert code == 0 and err == "", err
     for title in ("== data signals ==", "== trivial predictors ==", "== baseline cells ==",
-                  "== leaderboard ==", "== best config ==", "== importances ==", "== files =="):
+                  "== leaderboard ==", "== best trial ==", "== best config ==", "== pareto ==",
+                  "== early stopping ==", "== importances ==", "== files =="):
         assert title in out
     assert "copy_last" in out and "orth_mean" in out and "larger_context" in out
     assert "beat all three trivial predictors" in out
+    best = results.load_sweep(sweep_dir).best_statement()
+    assert best.startswith(("Best trial:", "No trial beats all three")) and best in out
     for name in PLOT_FILES:
         path = sweep_dir / name
         assert str(path) in out
@@ -183,15 +186,23 @@ def test_optuna_study_has_every_trial_with_its_state_and_importances(sweep_dir, 
 
 
 def test_analyze_formats_sorting_and_thresholds(sweep_dir, capsys):
+    lowered = ("--threshold", "pass_margin=-1", "--threshold", "pass_cos_next=-1",
+               "--threshold", "pass_cos_anchor=-1")
     code, out, _ = run_analyze(capsys, sweep_dir, "--format", "json", "--sort", "val_cos_next",
-                               "--top", "3", "--threshold", "pass_margin=-1",
-                               "--threshold", "pass_cos_next=-1",
-                               "--threshold", "pass_cos_anchor=-1")
+                               "--top", "3", *lowered, "--no-trivial-gate")
     report = json.loads(out)
     board = pd.DataFrame(report["leaderboard"])
-    assert code == 0 and len(board) == 3 and board.val_cos_next.is_monotonic_decreasing
-    assert set(board.verdict) == {"PASS"}  # every threshold lowered below any value
-    assert report["best_config"] and report["trivial_predictors"]
+    assert code == 0 and len(board) == 3
+    ranked = [board[board.beats_trivial == flag].val_cos_next for flag in (True, False)]
+    assert all(values.is_monotonic_decreasing for values in ranked)
+    assert set(board.verdict) == {"PASS"}  # every threshold lowered below any value, no gate
+    assert report["best_config"] and report["trivial_predictors"] and report["best_trial"]
+    assert {"pareto", "early_stopping"} <= set(report)
+    # with the gate (the default) only a trial that beats every trivial predictor passes
+    code, out, _ = run_analyze(capsys, sweep_dir, "--format", "json", *lowered, "--top", "20")
+    board = pd.DataFrame(json.loads(out)["leaderboard"])
+    ran = board[(board.status != "error") & ~board.verdict.isin(["warm-up", ""])]
+    assert code == 0 and ((ran.verdict == "PASS") == (ran.beats_trivial == True)).all()  # noqa: E712
     code, out, _ = run_analyze(capsys, sweep_dir, "--format", "csv")
     blocks = {block.split("\n", 1)[0]: block.split("\n", 1)[1]
               for block in out.strip().split("# ")[1:]}
@@ -214,8 +225,11 @@ def test_export_best_reloads_and_reproduces_its_validation_margin(sweep_dir, tmp
     assert "load_model(" in out
     metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
     config = json.loads((tmp_path / "best" / "config.json").read_text())
-    best = results.load_sweep(sweep_dir).best_trial()
+    sweep = results.load_sweep(sweep_dir)
+    best = sweep.best_trial()
     assert config["trial_id"] == best.trial_id and metrics["val_margin"] == best.val_margin
+    assert metrics["beats_trivial"] == bool(best.beats_trivial)
+    assert out.strip().splitlines()[-1] == sweep.best_statement()
     model = load_model(tmp_path / "best" / "best.pt")
     dataset = load_dataset(json.loads((sweep_dir / "sweep.json").read_text())["data"])
     source = BatchSource(dataset.windows(config["context"], "val"),
@@ -223,6 +237,42 @@ def test_export_best_reloads_and_reproduces_its_validation_margin(sweep_dir, tmp
     again = evaluate(model, source, global_queries=config["global_queries"] or None)
     assert again["margin"] == pytest.approx(metrics["val_margin"], abs=1e-5)
     assert again["r_at_5"] == pytest.approx(metrics["val_r_at_5"], abs=1e-6)
+
+
+def test_cells_learn_lambda_in_the_original_range_and_optuna_trials_in_the_searched_one(sweep_dir):
+    trials = results.load_sweep(sweep_dir).trials
+    cells = trials[(trials.phase == "baseline") & (trials.status == "complete")]
+    optuna_trials = trials[trials.phase == "optuna"]
+    assert set(zip(cells.lambda_min, cells.lambda_max)) == {(0.6, 0.9)}
+    assert set(zip(optuna_trials.lambda_min, optuna_trials.lambda_max)) == {(0.5, 0.95)}
+    assert cells.final_anchor_lambda.between(0.6, 0.9).all()
+    params = json.loads((sweep_dir / cells.trial_dir.iloc[0] / "params.json").read_text())
+    assert (params["lambda_min"], params["lambda_max"]) == (0.6, 0.9)
+
+
+def test_pareto_and_early_stopping_sections_follow_from_the_tables(sweep_dir, capsys):
+    code, out, _ = run_analyze(capsys, sweep_dir, "--format", "json")
+    report = json.loads(out)
+    sweep = results.load_sweep(sweep_dir)
+    trials, history = sweep.trials, sweep.history
+    # Pareto: every other trial that ran is dominated by one of the set
+    front = pd.DataFrame(report["pareto"])
+    metrics = ["val_margin", "val_cos_next", "val_r_at_5"]
+    ran = trials[(trials.epochs_run > 0) & (trials.status != "error")]
+    assert set(front.trial_id) == set(ran.loc[ran.pareto.astype(bool), "trial_id"])
+    for _, trial in ran[~ran.trial_id.isin(front.trial_id)].iterrows():
+        assert any((row[metrics] >= trial[metrics]).all() and (row[metrics] > trial[metrics]).any()
+                   for _, row in front.iterrows()), trial.trial_id
+    # Early stopping: one rung (grace 2, max_t 3); rho over the runs that reached max_t
+    check = pd.DataFrame(report["early_stopping"])
+    assert list(check.rung_epoch) == [2]
+    finished = trials[(trials.status == "complete") & (trials.epochs_run == 3)]
+    values = history.set_index(["trial_id", "epoch"]).val_margin
+    at_rung = pd.Series([values[(t, 2)] for t in finished.trial_id])
+    final = pd.Series([values[(t, 3)] for t in finished.trial_id])
+    assert check.runs[0] == len(finished)
+    assert check.spearman_rho[0] == pytest.approx(at_rung.corr(final, method="spearman"))
+    assert check.stopped[0] == (trials.status == "stopped_early").sum()
 
 
 # ---------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def test_confirm_reruns_top_configs_and_the_cell_on_new_seeds(confirmed):
     assert set(reruns.seed) == {int(before.seed.max()) + 1, int(before.seed.max()) + 2}
     assert "baseline" in set(reruns.cell)
     assert (reruns.epochs_run == reruns.epochs).all()   # full budget, no ASHA
+    assert results.best_statement(before) in run.stdout  # the best, and whether it beats
 
 
 def test_confirm_reports_mean_and_interval_of_the_new_seeds_only(confirmed):
@@ -78,8 +79,9 @@ def test_confirm_reports_mean_and_interval_of_the_new_seeds_only(confirmed):
     assert cell.seeds_run == 2 and cell.val_margin_mean == pytest.approx(values.mean())
     half = 12.706 * values.std(ddof=1) / math.sqrt(2)
     assert cell.val_margin_ci_high == pytest.approx(values.mean() + half)
-    assert cell.original_val_margin == trials.loc[
-        (trials.phase == "baseline") & (trials.cell == "baseline"), "val_margin"].iloc[0]
+    source = trials[(trials.phase == "baseline") & (trials.cell == "baseline")].iloc[0]
+    assert cell.original_val_margin == source.val_margin
+    assert cell.beats_trivial == source.beats_trivial
     verdict = run.stdout.strip().splitlines()[-2]
     assert ("beyond noise" in verdict or "within noise" in verdict
             or "no searched config beats it" in verdict), verdict

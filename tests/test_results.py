@@ -216,15 +216,16 @@ def test_a_folder_without_ray_results_is_not_a_sweep(tmp_path):
 
 
 def test_verdicts_follow_the_original_criteria_with_inclusive_thresholds():
+    original = Criteria(require_beating_trivial=False)  # the thresholds alone (no gate)
     trials = pd.DataFrame({
         "val_margin":     [0.25, 0.20, 0.15, 0.25, 0.05, 0.25, 0.30, 0.30],
         "val_cos_next":   [0.50, 0.45, 0.40, 0.40, 0.50, 0.50, 0.60, 0.60],
         "val_cos_anchor": [0.45, 0.40, 0.35, 0.45, 0.50, 0.29, 0.50, np.nan],
         "epochs_run":     [3, 3, 3, 3, 3, 3, 2, 0],
         "status": ["complete"] * 6 + ["error", "pending"]})
-    assert list(verdicts(trials)) == ["PASS", "PASS", "MARGINAL", "MARGINAL", "FAIL", "FAIL",
-                                      "FAIL", ""]
-    stricter = verdicts(trials, Criteria(pass_margin=0.22))
+    assert list(verdicts(trials, original)) == ["PASS", "PASS", "MARGINAL", "MARGINAL", "FAIL",
+                                                "FAIL", "FAIL", ""]
+    stricter = verdicts(trials, Criteria(pass_margin=0.22, require_beating_trivial=False))
     assert list(stricter[:2]) == ["PASS", "MARGINAL"]
 
 
@@ -301,6 +302,7 @@ def test_flags_are_unknown_where_the_data_cannot_tell(flag_sweep):
     assert pd.isna(trials.loc[0.16, "beats_trivial"])
     assert trials.loc[[0.17], list(FLAGS)].isna().all(axis=None)
     assert trials.loc[0.17, "verdict"] == "" and trials.loc[0.15, "verdict"] == "FAIL"
+    assert trials.loc[0.03, "verdict"] == "warm-up"          # only the warm-up epoch so far
 
 
 def test_beats_trivial_needs_margin_cos_next_and_r5_above_every_predictor(flag_sweep):
@@ -309,6 +311,8 @@ def test_beats_trivial_needs_margin_cos_next_and_r5_above_every_predictor(flag_s
     assert trials.loc[0.01, "beats_trivial"]
     assert not trials.loc[0.12, "beats_trivial"]             # cos_next 0.50 < copy-last
     assert not trials.loc[0.02, "beats_trivial"]             # margin below orth-mean
+    assert trials.loc[0.02, "trivial_not_beaten"] == "orth_mean(margin)"
+    assert trials.loc[0.13, "trivial_not_beaten"] == "copy_last(r_at_5)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,13 +323,18 @@ def test_leaderboard_sorts_best_first_with_failed_trials_last(flag_sweep):
     trials = results.collect_tables(flag_sweep)[0]
     board = results.leaderboard(trials, "val_cos_next")
     assert list(board["rank"]) == list(range(1, len(trials) + 1))
-    ranked = board[board.status != "error"].val_cos_next.dropna()
-    assert ranked.is_monotonic_decreasing
+    ran = board[board.status != "error"]
+    beating = ran.beats_trivial.fillna(False).astype(bool)
+    assert beating.any() and not beating.iloc[beating.sum():].any()  # those that beat first
+    for group in (ran[beating], ran[~beating]):
+        assert group.val_cos_next.dropna().is_monotonic_decreasing
     failed = [i for i, status in enumerate(board.status) if status == "error"]
     with_metric = [i for i, (status, value) in enumerate(zip(board.status, board.val_cos_next))
                    if status != "error" and pd.notna(value)]
     assert failed and min(failed) > max(with_metric)
-    assert results.leaderboard(trials, "val_cos_prev").val_cos_prev.dropna().is_monotonic_increasing
+    lowest_prev = results.leaderboard(trials, "val_cos_prev")
+    assert lowest_prev[~lowest_prev.beats_trivial.fillna(False).astype(bool)
+                       & (lowest_prev.status != "error")].val_cos_prev.dropna().is_monotonic_increasing
     assert len(results.leaderboard(trials, "val_margin", top=3)) == 3
     with pytest.raises(ValueError, match="cannot sort by 'val_typo'"):
         results.leaderboard(trials, "val_typo")
@@ -352,7 +361,9 @@ def test_best_config_is_a_valid_config_of_a_trial_that_did_not_fail(flag_sweep):
     best = results.best_trial(trials, "val_margin")
     assert best.status != "error"
     usable = trials[(trials.status != "error") & (trials.epochs_run > 0)]
-    assert best.val_margin == usable.val_margin.max()
+    assert best.beats_trivial  # among those that beat the trivial predictors, the top Δ
+    assert best.val_margin == usable.loc[usable.beats_trivial.fillna(False).astype(bool),
+                                         "val_margin"].max()
     config = TrainConfig.from_dict(results.best_config(trials, "val_margin"))
     assert config.margin == best.margin and config.context == best.context
 

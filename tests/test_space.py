@@ -19,7 +19,8 @@ from optuna.distributions import (CategoricalDistribution, FloatDistribution,
 
 from tune_p7 import sweep
 from tune_p7.space import (DEFAULT_SPACE, Choices, FloatRange, IntRange, SpaceError,
-                           from_spec, load_space, observed_param, typed_settings)
+                           from_spec, load_space, observed_param, searched_lambda_range,
+                           typed_settings)
 
 EXAMPLE_SPACE = DEFAULT_SPACE.parent / "architecture.yaml"
 
@@ -114,10 +115,18 @@ def test_grace_period_within_the_warm_up_is_refused(write_space):
         load_space(path)
 
 
-def test_searched_lambda_outside_the_learnable_range_is_refused(write_space):
-    path = write_space(_set(["fixed", "lambda_min"], 0.6))
-    with pytest.raises(SpaceError, match=r"key 'optuna.params.anchor_lambda' at 0.5 gives an "
-                                         r"invalid trial config \(anchor_lambda 0.5 lies outside"):
+def test_cells_learn_lambda_in_the_original_range_and_optuna_trials_in_the_searched_one():
+    space = load_space()
+    assert {(cell["lambda_min"], cell["lambda_max"]) for cell in space.cell_configs("quick")} \
+        == {(0.6, 0.9)}
+    assert searched_lambda_range(space.param_specs()) == {"lambda_min": 0.5, "lambda_max": 0.95}
+
+
+def test_a_cell_lambda_outside_its_learnable_range_is_refused(write_space):
+    path = write_space(_set(["cells", "strong_anchor", "anchor_lambda"], 0.55))
+    with pytest.raises(SpaceError, match=r"key 'cells.strong_anchor' gives an invalid trial "
+                                         r"config \(anchor_lambda 0.55 lies outside its "
+                                         r"learnable range \[0.6, 0.9\]"):
         load_space(path)
 
 

@@ -109,7 +109,8 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
         signals.columns)
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
-    assert "top 5 by best val_margin" in done.stdout
+    assert "top 5 (trials that beat all three trivial predictors first" in done.stdout
+    assert ("Best trial:" in done.stdout) != ("No trial beats all three" in done.stdout)
     assert "TPE learns from 3 cells" in done.stdout
     # The data's short form comes before the first trial, with the trivial predictors.
     assert done.stdout.index("forward signal") < done.stdout.index("epoch 1/")

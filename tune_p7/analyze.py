@@ -1,8 +1,10 @@
 """``python -m tune_p7.analyze results/NAME``: what a sweep found, and what it is worth.
 
 Prints the data's directional signals and the trivial predictors, the baseline cells, the
-leaderboard with verdicts and flags, the best config and Optuna's parameter importances,
-then where the outputs went. Writes into the sweep folder: trials.parquet and
+leaderboard with verdicts and flags, the best trial (and whether it beats the trivial
+predictors) with its config, the Pareto set on (val Δ, cos_next, R@5), the check of ASHA's
+early stopping (tune_p7.early_stopping) and Optuna's parameter importances, then where the
+outputs went. Writes into the sweep folder: trials.parquet and
 history.parquet (when Ray's files are newer), the plots (tune_p7.plots), optuna.db
 (tune_p7.optuna_export) and summary.txt (this report as a table).
 
@@ -25,6 +27,7 @@ import pandas as pd
 import torch
 
 from tune_p7 import optuna_export, plots, results
+from tune_p7.early_stopping import early_stopping_check, early_stopping_notes
 from tune_p7.files import atomic_path, write_json, write_text
 from tune_p7.folder import RAY_FOLDER, SweepFolder, latest_checkpoint
 from tune_p7.verdicts import FLAGS, Criteria
@@ -32,10 +35,17 @@ from tune_p7.verdicts import FLAGS, Criteria
 DISPLAY = ("rank", "trial_id", "phase", "cell", "context", "margin", "temperature",
            "anchor_lambda", "status", "epochs_run", "val_margin", "val_cos_next",
            "val_cos_prev", "val_cos_anchor", "val_r_at_5", "train_margin", "verdict",
-           "beats_trivial", "flags")
+           "beats_trivial", "trivial_not_beaten", "pareto", "flags")
 CELL_COLUMNS = ("cell", "context", "margin", "anchor_lambda", "status", "epochs_run",
                 "val_margin", "best_val_margin", "val_cos_next", "val_cos_prev",
-                "val_cos_anchor", "val_r_at_5", "verdict", "flags")
+                "val_cos_anchor", "val_r_at_5", "verdict", "beats_trivial", "flags")
+# The three Pareto metrics (R@5 in-document, or global where the data has no documents).
+PARETO_COLUMNS = ("trial_id", "phase", "cell", "context", "margin", "temperature",
+                  "anchor_lambda", "val_margin", "val_cos_next", "val_r_at_5",
+                  "val_global_r_at_5", "beats_trivial", "verdict")
+BEST_COLUMNS = ("trial_id", "experiment", "phase", "cell", "context", "val_margin",
+                "val_cos_next", "val_r_at_5", "val_global_r_at_5", "beats_trivial",
+                "trivial_not_beaten", "verdict")
 BASELINE_COLUMNS = ("context", "predictor", "val_margin", "val_cos_next", "val_cos_prev",
                     "val_cos_anchor", "val_r_at_5", "val_mrr_at_10")
 SUMMARY_FILE = "summary.txt"
@@ -72,7 +82,7 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
     written["importances"] = optuna_export.importances(study)
     written["summary"] = [sweep_dir / SUMMARY_FILE]
     sections = report(sweep, sort, top, written)
-    write_text(sweep_dir / SUMMARY_FILE, format_table(sections, sweep) + "\n")
+    write_text(sweep_dir / SUMMARY_FILE, format_table(sections, sweep, sort) + "\n")
     return sweep, written
 
 
@@ -82,7 +92,9 @@ def export_best(sweep: results.Sweep, metric: str, folder: str | Path) -> dict:
     best.pt = {"model": state dict, "config": TrainConfig dict, "dim": D, "epoch",
     "val_margin", "trial_id", "sweep"}, reloadable with tune_p7.train.load_model. The sweep
     keeps each trial's latest checkpoint, so the export is the model after its last epoch:
-    the one whose metrics the leaderboard shows. Returns the exported metrics row.
+    the one whose metrics the leaderboard shows. The best trial is results.best_trial's
+    (those that beat the trivial predictors first); metrics.json records its beats_trivial
+    and trivial_not_beaten beside that epoch's history row. Returns metrics.json's content.
     """
     try:
         trial = results.best_trial(sweep.trials, metric)
@@ -107,7 +119,9 @@ def export_best(sweep: results.Sweep, metric: str, folder: str | Path) -> dict:
     labels = {name: results.plain(trial[name]) for name in (*results.KEYS, "trial_dir")}
     write_json(folder / "config.json",
                {**state["config"], **labels, "dim": dim, "sweep": str(sweep.path)})
-    metrics = {name: results.plain(value) for name, value in metrics.items()}
+    metrics = {name: results.plain(value) for name, value in
+               {**metrics, "beats_trivial": trial["beats_trivial"],
+                "trivial_not_beaten": trial["trivial_not_beaten"]}.items()}
     write_json(folder / "metrics.json", metrics)
     return metrics
 
@@ -124,9 +138,13 @@ def report(sweep: results.Sweep, sort: str, top: int, written: dict) -> dict:
     if sort in board.columns and sort not in shown:
         shown.insert(shown.index("verdict") if "verdict" in shown else len(shown), sort)
     try:
-        best = results.best_config(trials, sort) if not trials.empty else {}
+        best_trial = trials.loc[[results.best_trial(trials, sort).name]]
+        best = results.best_config(trials, sort)
     except ValueError:
-        best = {}
+        best_trial, best = pd.DataFrame(), {}
+    best_shown = list(dict.fromkeys(c for c in (*BEST_COLUMNS[:5], sort, *BEST_COLUMNS[5:])
+                                    if c in best_trial.columns))
+    front = trials[trials["pareto"].fillna(False).astype(bool)] if not trials.empty else trials
     cells = trials[trials["phase"] == "baseline"] if not trials.empty else trials
     files = [str(path) for key in ("tables", "plots", "optuna", "summary")
              for path in written.get(key, [])]
@@ -137,7 +155,10 @@ def report(sweep: results.Sweep, sort: str, top: int, written: dict) -> dict:
                                                if c in sweep.baselines.columns]],
         "baseline_cells": cells[[c for c in CELL_COLUMNS if c in cells.columns]],
         "leaderboard": board[shown],
+        "best_trial": best_trial[best_shown],
         "best_config": pd.DataFrame(list(best.items()), columns=["setting", "value"]),
+        "pareto": front[[c for c in PARETO_COLUMNS if c in front.columns]],
+        "early_stopping": early_stopping_check(trials, sweep.history, sweep.plan.optuna.asha),
         "importances": written.get("importances", pd.DataFrame()),
         "files": pd.DataFrame({"file": files}),
     }
@@ -153,10 +174,11 @@ def _overview(sweep: results.Sweep) -> pd.DataFrame:
         row.update({f"verdict_{k or 'none'}": int(v)
                     for k, v in trials["verdict"].value_counts().items()})
         row["beat_all_trivial"] = int(trials["beats_trivial"].fillna(False).sum())
+        row["pareto"] = int(trials["pareto"].fillna(False).sum())
     return pd.DataFrame([row])
 
 
-def reading(sweep: results.Sweep) -> list[str]:
+def reading(sweep: results.Sweep, sort: str = "val_margin") -> list[str]:
     """Plain sentences that say what the numbers mean (printed in the table format)."""
     lines = []
     if SweepFolder(sweep.path).is_running() and sweep.run_state.get("state") == "running":
@@ -173,14 +195,25 @@ def reading(sweep: results.Sweep) -> list[str]:
         beating = int(trials["beats_trivial"].fillna(False).sum())
         lines.append(f"{beating} of {len(trials)} trials beat all three trivial predictors "
                      f"on val Δ, cos_next and R@5 at once (the bar for an interesting trial).")
+        lines.append(results.best_statement(trials, sort))
+        lines.append(f"{int(trials['pareto'].fillna(False).sum())} trials are in the Pareto "
+                     f"set on (val Δ, cos_next, R@5): none of the others is at least as good "
+                     f"on all three (section pareto).")
+    profile = sweep.plan.arguments.get("profile", "quick")
+    grace_key = (f"profiles.{profile}.asha.grace_period in "
+                 f"{sweep.plan.space_file or 'the search space file'}")
+    lines += early_stopping_notes(
+        early_stopping_check(trials, sweep.history, sweep.plan.optuna.asha), grace_key)
     return lines
 
 
-def format_table(sections: dict, sweep: results.Sweep | None = None) -> str:
-    """Human-readable report: each section as an aligned table under a title."""
+def format_table(sections: dict, sweep: results.Sweep | None = None,
+                 sort: str = "val_margin") -> str:
+    """Human-readable report: each section as an aligned table under a title, after the
+    plain sentences of :func:`reading` when ``sweep`` is given."""
     out = []
     if sweep is not None:
-        out += reading(sweep)
+        out += reading(sweep, sort)
     for name, frame in sections.items():
         out.append(f"\n== {name.replace('_', ' ')} ==")
         if frame.empty:
@@ -228,13 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the best trial's model as DIR/best.pt + config.json")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="change a verdict/flag threshold, e.g. pass_margin=0.15 "
-                             f"(names: {', '.join(f.name for f in dataclasses.fields(Criteria))})")
+                             f"(names: {', '.join(threshold_names())})")
+    parser.add_argument("--no-trivial-gate", dest="trivial_gate", action="store_false",
+                        help="give PASS/MARGINAL on the thresholds alone, without requiring "
+                             "the trial to beat copy_last, context_mean and orth_mean")
     return parser
 
 
-def parse_criteria(settings: list[str]) -> Criteria:
-    """Criteria from NAME=VALUE strings; raises AnalysisError naming a bad one."""
-    names = {field.name for field in dataclasses.fields(Criteria)}
+def threshold_names() -> list[str]:
+    """The numeric Criteria fields, which --threshold sets."""
+    return [field.name for field in dataclasses.fields(Criteria) if field.type == "float"]
+
+
+def parse_criteria(settings: list[str], trivial_gate: bool = True) -> Criteria:
+    """Criteria from NAME=VALUE strings (and whether PASS/MARGINAL need beating the trivial
+    predictors); raises AnalysisError naming a bad one."""
+    names = set(threshold_names())
     values = {}
     for setting in settings:
         name, _, value = setting.partition("=")
@@ -245,13 +287,13 @@ def parse_criteria(settings: list[str]) -> Criteria:
         except ValueError:
             raise AnalysisError(f"--threshold {setting!r} is not NAME=NUMBER with NAME one "
                                 f"of {', '.join(sorted(names))}.") from None
-    return Criteria(**values)
+    return Criteria(**values, require_beating_trivial=trivial_gate)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        criteria = parse_criteria(args.threshold)
+        criteria = parse_criteria(args.threshold, args.trivial_gate)
         if args.top < 1:
             raise AnalysisError(f"--top {args.top} must be at least 1.")
         sweep, written = write_outputs(args.sweep, criteria, args.sort, args.top)
@@ -265,13 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         best_pt = Path(args.export_best) / "best.pt"
         sections["files"] = pd.concat([sections["files"], pd.DataFrame(
             {"file": [str(best_pt), str(Path(args.export_best) / "config.json")]})])
-    formatter = {"table": lambda s: format_table(s, sweep), "csv": format_csv,
+    formatter = {"table": lambda s: format_table(s, sweep, args.sort), "csv": format_csv,
                  "json": format_json}[args.format]
     print(formatter(sections))
     if exported is not None and args.format == "table":
         print(f"\nexported trial {exported.get('trial_id')} epoch {exported.get('epoch')} "
               f"(val_margin {exported.get('val_margin'):+.4f}); reload with: "
               f"from tune_p7.train import load_model; model = load_model('{best_pt}')")
+        print(results.best_statement(sweep.trials, args.sort))
     return 0
 
 

@@ -89,8 +89,9 @@ def config_key(row: pd.Series) -> tuple:
 
 
 def select_candidates(trials: pd.DataFrame, top: int, sort: str) -> pd.DataFrame:
-    """The top ``top`` distinct configs by ``sort`` (trials that reported an epoch and did
-    not fail, confirm runs left out) plus the baseline cell; one row per config."""
+    """The top ``top`` distinct configs of results.leaderboard by ``sort`` (those that beat
+    the trivial predictors first; trials that reported an epoch and did not fail, confirm
+    runs left out) plus the baseline cell; one row per config."""
     usable = trials[(trials["epochs_run"] > 0) & (trials["status"] != "error")
                     & (trials["phase"] != "confirm")]
     if usable.empty:
@@ -126,7 +127,8 @@ def confirmation(trials: pd.DataFrame, candidates: pd.DataFrame, experiment: str
                  metric: str = "val_margin") -> pd.DataFrame:
     """One row per candidate config: its source trial, searched settings, original value,
     and over the completed re-runs of ``experiment``: seeds_run, mean, std, 95% interval
-    (columns <metric>_mean, ...) and the means of val_cos_next and val_r_at_5 beside it."""
+    (columns <metric>_mean, ...) and the means of val_cos_next and val_r_at_5 beside it;
+    beats_trivial is the source trial's (tune_p7.verdicts)."""
     reruns = trials[(trials["experiment"] == experiment) & (trials["status"] == "complete")]
     rerun_keys = reruns.apply(config_key, axis=1) if not reruns.empty else pd.Series([])
     rows = []
@@ -139,6 +141,7 @@ def confirmation(trials: pd.DataFrame, candidates: pd.DataFrame, experiment: str
             "margin": candidate["margin"], "temperature": candidate["temperature"],
             "anchor_lambda": candidate["anchor_lambda"],
             f"original_{metric}": candidate[metric],
+            "beats_trivial": candidate.get("beats_trivial", pd.NA),
             **{f"{metric}_{k}" if k != "seeds_run" else k: v for k, v in stats.items()},
             "val_cos_next_mean": mine["val_cos_next"].mean() if not mine.empty else math.nan,
             "val_r_at_5_mean": mine["val_r_at_5"].mean() if not mine.empty else math.nan})
@@ -148,15 +151,16 @@ def confirmation(trials: pd.DataFrame, candidates: pd.DataFrame, experiment: str
 
 def verdict_line(table: pd.DataFrame, trials: pd.DataFrame, experiment: str,
                  metric: str = "val_margin") -> str:
-    """One sentence: does the best confirmed config beat the baseline cell beyond noise?"""
+    """One sentence: does the best confirmed config beat the baseline cell beyond noise?
+    It names whether that config's sweep trial beat the trivial predictors."""
     baseline = table[(table["phase"] == "baseline") & (table["cell"] == BASELINE_CELL)]
     scored = table.dropna(subset=[f"{metric}_mean"])
     if baseline.empty or scored.empty:
         return "No comparison: the baseline cell or every candidate lacks completed re-runs."
     winner = scored.iloc[0]
     if winner["source_trial"] == baseline.iloc[0]["source_trial"]:
-        return (f"The baseline cell has the best confirmed mean {metric} "
-                f"({winner[f'{metric}_mean']:+.4f}); no searched config beats it.")
+        return (f"The baseline cell{_trivial_phrase(winner)} has the best confirmed mean "
+                f"{metric} ({winner[f'{metric}_mean']:+.4f}); no searched config beats it.")
     reruns = trials[(trials["experiment"] == experiment) & (trials["status"] == "complete")]
     keys = reruns.apply(config_key, axis=1)
     source = lambda trial_id: trials[trials["trial_id"] == trial_id].iloc[0]  # noqa: E731
@@ -164,7 +168,7 @@ def verdict_line(table: pd.DataFrame, trials: pd.DataFrame, experiment: str,
     baseline_runs = reruns.loc[keys == config_key(source(baseline.iloc[0]["source_trial"])),
                                metric]
     diff = welch_difference(winner_runs, baseline_runs)
-    label = winner["cell"] or f"trial {winner['source_trial']}"
+    label = (winner["cell"] or f"trial {winner['source_trial']}") + _trivial_phrase(winner)
     if math.isnan(diff["ci_low"]):
         return (f"Best confirmed config {label} is {diff['difference']:+.4f} above the "
                 f"baseline cell, but with fewer than 2 seeds each noise cannot be judged; "
@@ -174,6 +178,15 @@ def verdict_line(table: pd.DataFrame, trials: pd.DataFrame, experiment: str,
             f"{diff['difference']:+.4f} (95% CI {diff['ci_low']:+.4f} to "
             f"{diff['ci_high']:+.4f}): " + ("beyond noise." if beyond else
                                            "within noise, not a real improvement."))
+
+
+def _trivial_phrase(candidate: pd.Series) -> str:
+    """Whether a candidate's sweep trial beat the trivial predictors, as a parenthesis."""
+    beats = candidate.get("beats_trivial", pd.NA)
+    if pd.isna(beats):
+        return " (not compared with the trivial predictors)"
+    return (" (its sweep trial beats all three trivial predictors)" if beats
+            else " (its sweep trial does not beat all three trivial predictors)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     folder = SweepFolder(args.sweep)
+    print(results.best_statement(candidates, args.sort))
     print(f"confirming {len(candidates)} configs x {args.seeds} seeds "
           f"({len(configs)} trials) in {folder.path / 'ray' / experiment}", flush=True)
     try:

@@ -14,10 +14,11 @@ is lenient: keys missing from an older or hand-written sweep.json take the defau
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from tune_p7.config import TrainConfig
-from tune_p7.space import from_spec
+from tune_p7.space import from_spec, searched_lambda_range
 
 # Arguments that define what a sweep computes; a resumed sweep keeps the saved ones.
 PLAN_ARGUMENTS = ("space", "data", "val_data", "profile", "epochs", "epoch_windows",
@@ -31,6 +32,19 @@ class AshaPlan:
     grace_period: int = 1         # epochs before the first rung
     reduction_factor: float = 3.0  # a rung keeps the top 1/reduction_factor
     max_t: int = 1                # epochs of a trial that is never stopped
+
+    def rung_epochs(self) -> list[int]:
+        return rung_epochs(self.grace_period, self.reduction_factor, self.max_t)
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """ASHA's rungs: ceil(grace_period * reduction_factor**k) for k = 0, 1, ... while below
+    max_t (grace 2, factor 3, max_t 8: epochs 2 and 6)."""
+    epochs, k = [], 0
+    while (epoch := math.ceil(max(grace_period, 1) * reduction_factor ** k)) < max_t:
+        epochs.append(epoch)
+        k += 1
+    return sorted(set(epochs))
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,11 @@ class OptunaPlan:
     @classmethod
     def from_dict(cls, values: dict) -> "OptunaPlan":
         return cls(**{**values, "asha": AshaPlan(**values.get("asha", {}))})
+
+    def trial_settings(self) -> dict:
+        """TrainConfig settings every Optuna trial takes on top of Plan.fixed: the
+        learnable-λ range of the search (searched_lambda_range)."""
+        return searched_lambda_range(self.params)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@
   range on a log axis with round tick values, an integer range on integer ticks, a
   categorical on one tick per choice.
 - cos_next_vs_cos_prev.png: final val cos_next against val cos_prev per trial, with the
-  Δ = 0 diagonal (above it: closer to the next chunk than to the last context chunk) and
-  the trivial predictors of every context marked.
+  Δ = 0 diagonal (above it: closer to the next chunk than to the last context chunk), the
+  trivial predictors of every context marked and the Pareto set on (val Δ, cos_next, R@5)
+  ringed.
 - parallel_coordinates.png: one line per trial across an axis per searched hyperparameter
   and one for final val Δ, coloured by final val Δ (baseline cells dashed).
 
@@ -364,6 +365,7 @@ def _cos_next_vs_cos_prev(sweep: Sweep) -> Figure:
                      c=colours.get(trial["cell"], "tab:gray") if is_cell else "tab:gray",
                      edgecolors="black" if is_cell else "none",
                      label=_label(trial) if is_cell else None)
+    _ring_pareto(axes, trials)
     main = _main_context(sweep) if not sweep.trials.empty else None
     for _, row in sweep.baselines.iterrows():
         marker, colour = PREDICTOR_STYLE.get(row["predictor"], ("o", "tab:gray"))
@@ -381,6 +383,17 @@ def _cos_next_vs_cos_prev(sweep: Sweep) -> Figure:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     return figure
+
+
+def _ring_pareto(axes, trials: pd.DataFrame) -> None:
+    """A ring around each trial of the Pareto set (the trials table's "pareto" column)."""
+    if "pareto" not in trials:
+        return
+    front = trials[trials["pareto"].fillna(False).astype(bool)]
+    if not front.empty:
+        axes.scatter(front["val_cos_prev"], front["val_cos_next"], s=180, zorder=2,
+                     facecolors="none", edgecolors="gold", linewidths=2,
+                     label="Pareto set on (val Δ, cos_next, R@5)")
 
 
 def _limits(points: np.ndarray) -> tuple[float, float]:

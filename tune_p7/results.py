@@ -198,6 +198,9 @@ class Sweep:
     def best_config(self, metric: str = "val_margin") -> dict:
         return best_config(self.trials, metric)
 
+    def best_statement(self, metric: str = "val_margin") -> str:
+        return best_statement(self.trials, metric)
+
     def parameters(self) -> list[str]:
         return searched_parameters(self.plan, self.trials)
 
@@ -230,17 +233,26 @@ def load_sweep(path: str | Path, criteria: Criteria = Criteria()) -> Sweep:
 
 def leaderboard(trials: pd.DataFrame, sort: str = "val_margin",
                 top: int | None = None) -> pd.DataFrame:
-    """trials ranked by column ``sort`` (best first: descending, ascending for losses,
-    cos_prev and seconds), failed trials and trials without the metric last; adds "rank"."""
+    """trials ranked best first; adds (or renews) "rank". The one ranking behind every "best" (the
+    leaderboard, best_trial/best_config, --export-best, the sweep's top trials, confirm).
+
+    Failed trials come last; before them, the trials that beat every trivial predictor
+    (beats_trivial, tune_p7.verdicts) come first, then the others; within each group by
+    column ``sort`` (descending; ascending for losses, cos_prev and seconds), trials
+    without the metric last. So a trial with a high val_margin that orth-mean or copy-last
+    beats never ranks above one that beats them all.
+    """
     if sort not in trials.columns:
         raise ValueError(f"cannot sort by {sort!r}: the trials table has no such column; "
                          f"use one of {', '.join(metric_columns(trials))}.")
     ascending = lower_is_better(sort)
     failed = trials["status"].eq("error") if "status" in trials else False
-    ranked = (trials.assign(_failed=failed)
-              .sort_values(["_failed", sort], ascending=[True, ascending],
+    not_beating = (~trials["beats_trivial"].astype("boolean").fillna(False).astype(bool)
+                   if "beats_trivial" in trials else False)
+    ranked = (trials.assign(_failed=failed, _not_beating=not_beating)
+              .sort_values(["_failed", "_not_beating", sort], ascending=[True, True, ascending],
                            na_position="last", kind="stable")
-              .drop(columns="_failed"))
+              .drop(columns=["_failed", "_not_beating", "rank"], errors="ignore"))
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked.head(top) if top else ranked
 
@@ -265,8 +277,11 @@ def metric_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def best_trial(trials: pd.DataFrame, metric: str = "val_margin") -> pd.Series:
-    """The top trial by ``metric`` among those that reported an epoch and did not fail,
-    leaving out confirm re-runs (they judge noise, see tune_p7.confirm)."""
+    """The top of the :func:`leaderboard` by ``metric`` among the trials that reported an
+    epoch and did not fail, leaving out confirm re-runs (they judge noise, see
+    tune_p7.confirm): the best ``metric`` among the trials that beat every trivial
+    predictor, or, when none does, the best ``metric`` of all (its beats_trivial says so;
+    :func:`best_statement` says it in words)."""
     candidates = trials[(trials["epochs_run"] > 0) & (trials["status"] != "error")
                         & (trials["phase"] != "confirm")]
     if candidates.empty or candidates[metric].isna().all():
@@ -281,6 +296,32 @@ def best_config(trials: pd.DataFrame, metric: str = "val_margin") -> dict:
     defaults = TrainConfig()
     return {name: type(getattr(defaults, name))(plain(trial[name]))
             for name in CONFIG_FIELDS if name in trial.index}
+
+
+def best_statement(trials: pd.DataFrame, metric: str = "val_margin") -> str:
+    """One sentence naming the best trial (:func:`best_trial`) and whether it beats every
+    trivial predictor; when no trial does, it says so before naming the best ``metric``."""
+    try:
+        best = best_trial(trials, metric)
+    except ValueError as error:
+        return f"No best trial: {error}"
+    label = (f"cell {best['cell']}, trial {best['trial_id']}" if best.get("cell")
+             else f"{best.get('phase', 'trial')} trial {best['trial_id']}")
+    named = f"{label} ({metric} {_number(best[metric])})"
+    beats = best.get("beats_trivial", pd.NA)
+    if beats is pd.NA or pd.isna(beats):
+        return (f"Best trial: {named}; whether it beats the trivial predictors is unknown "
+                f"(no trivial predictor values for K={best.get('context')}).")
+    if beats:
+        return (f"Best trial: {named}; it beats all three trivial predictors (copy_last, "
+                f"context_mean, orth_mean) on val Δ, cos_next and R@5.")
+    return (f"No trial beats all three trivial predictors on val Δ, cos_next and R@5; the "
+            f"best by {metric} is {named}, which does not beat "
+            f"{best.get('trivial_not_beaten') or 'them'}.")
+
+
+def _number(value) -> str:
+    return f"{value:+.4f}" if isinstance(value, (int, float)) else str(value)
 
 
 def plain(value):

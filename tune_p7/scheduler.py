@@ -37,6 +37,7 @@ from pathlib import Path
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tune_p7.folder import read_history
+from tune_p7.plan import rung_epochs
 
 
 class SeededASHA(FIFOScheduler):
@@ -110,11 +111,3 @@ class SeededASHA(FIFOScheduler):
                           for epoch, trials in self.rungs.items())
         return f"SeededASHA on {self._metric}: {len(self.stopped)} stopped; rungs {rungs}"
 
-
-def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """ceil(grace_period * reduction_factor**k) for k = 0, 1, ... while below max_t."""
-    epochs, k = [], 0
-    while (epoch := math.ceil(max(grace_period, 1) * reduction_factor ** k)) < max_t:
-        epochs.append(epoch)
-        k += 1
-    return sorted(set(epochs))

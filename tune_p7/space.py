@@ -163,6 +163,18 @@ class Choices:
 Param = FloatRange | IntRange | Choices
 
 
+def searched_lambda_range(params: dict) -> dict:
+    """The learnable-λ bounds of the Optuna trials from the searched specs ({field:
+    Param.spec()}): the span of anchor_lambda's range or choices when it is searched, so
+    every sampled initial λ is valid and λ learns inside what was searched; {} when it is
+    not. The baseline cells keep their own lambda_min/lambda_max (TrainConfig's default is
+    the original [0.6, 0.9])."""
+    if "anchor_lambda" not in params:
+        return {}
+    ends = from_spec(params["anchor_lambda"]).ends()
+    return {"lambda_min": float(min(ends)), "lambda_max": float(max(ends))}
+
+
 def from_spec(spec: dict) -> Param:
     """A searched setting from its sweep.json form (``Param.spec()``); a spec without
     "kind" (a sweep.json written before integer and categorical settings) is a float range."""
@@ -288,7 +300,8 @@ def check_profile(space: SearchSpace, profile: str, overrides: dict | None = Non
 
     Checks each cell, each cell inside every searched range or choice list, each searched
     end (low and high of a range, every choice) alone and every combination of the ends,
-    and the ASHA grace period against the teacher warm-up.
+    and the ASHA grace period against the teacher warm-up. The Optuna trials are checked
+    with their own learnable-λ range (searched_lambda_range).
     """
     name, prefix = space.path, f"profiles.{profile}"
     base = space.base_config(profile, overrides)
@@ -300,15 +313,16 @@ def check_profile(space: SearchSpace, profile: str, overrides: dict | None = Non
                 raise SpaceError(f"{name}: {key} ({config[param]!r}) lies outside "
                                  f"'optuna.params.{param}' ({searched.describe()}); move the "
                                  f"cell inside or widen the search.")
+    optuna_base = {**base, **searched_lambda_range(space.param_specs())}
     for param, searched in space.params.items():
         for value in searched.ends():
-            _check_config({**base, param: value}, name,
+            _check_config({**optuna_base, param: value}, name,
                           f"key 'optuna.params.{param}' at {value!r}")
     names = list(space.params)
     for corner in itertools.product(*(space.params[param].ends() for param in names)):
-        values = _smallest_invalid(base, dict(zip(names, corner)))
+        values = _smallest_invalid(optuna_base, dict(zip(names, corner)))
         shown = ", ".join(f"{param}={value!r}" for param, value in values.items())
-        _check_config({**base, **values}, name, f"key 'optuna.params' at {shown}")
+        _check_config({**optuna_base, **values}, name, f"key 'optuna.params' at {shown}")
     warmups = [TrainConfig.from_dict(base).warmup_epochs]
     if "warmup_epochs" in space.params:
         warmups += space.params["warmup_epochs"].ends()

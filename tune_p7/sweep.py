@@ -37,7 +37,7 @@ from tune_p7.folder import SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
 from tune_p7.progress import progress_printer
-from tune_p7.results import write_tables
+from tune_p7.results import best_statement, leaderboard, write_tables
 from tune_p7.space import DEFAULT_PROFILE, DEFAULT_SPACE, SearchSpace, SpaceError, check_profile, \
     from_spec, load_space, parse_space
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
@@ -318,8 +318,9 @@ def format_data_summary(folder: SweepFolder, dataset: Dataset) -> str:
 
 
 def format_summary(folder: SweepFolder, trials: pd.DataFrame, top: int = 5) -> str:
-    """Where the results are, trial counts by status, the top trials beside the trivial
-    predictors (on the Optuna trials' K)."""
+    """Where the results are, trial counts by status, the top trials (results.leaderboard:
+    those that beat the trivial predictors first, then by final val_margin) and whether the
+    best beats them, beside the trivial predictors."""
     lines = [f"results: {folder.path}/trials.parquet ({len(trials)} trials), history.parquet, "
              f"baselines.parquet, data_signals.parquet"]
     if trials.empty:
@@ -327,11 +328,14 @@ def format_summary(folder: SweepFolder, trials: pd.DataFrame, top: int = 5) -> s
     counts = trials["status"].value_counts()
     lines.append("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
     columns = ["phase", "cell", "context", "margin", "temperature", "anchor_lambda", "status",
-               "epochs_run", "best_val_margin", "val_cos_next", "val_r_at_5"]
-    shown = trials.sort_values("best_val_margin", ascending=False, na_position="last").head(top)
-    lines.append(f"top {len(shown)} by best val_margin:")
+               "epochs_run", "val_margin", "best_val_margin", "val_cos_next", "val_r_at_5",
+               "beats_trivial", "verdict"]
+    shown = leaderboard(trials, "val_margin", top)
+    lines.append(f"top {len(shown)} (trials that beat all three trivial predictors first, then "
+                 f"by final val_margin):")
     lines.append(shown[[c for c in columns if c in shown.columns]].to_string(
-        index=False, float_format=lambda value: f"{value:.4f}"))
+        index=False, float_format=lambda value: f"{value:.4f}", na_rep="-"))
+    lines.append(best_statement(trials))
     baselines = folder.read_table("baselines")
     if not baselines.empty:
         lines.append("trivial predictors on the same validation windows (a trial is only "

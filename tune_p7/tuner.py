@@ -266,7 +266,8 @@ def run_optuna_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, datas
     """
     trials = plan.optuna.trials
     trainable = _trainable(dataset, options)
-    base = _execution_settings({**plan.fixed, "phase": "optuna", "cell": ""}, options)
+    base = _execution_settings({**plan.fixed, **plan.optuna.trial_settings(), "phase": "optuna",
+                                "cell": ""}, options)
     existing = _restorable(folder, "optuna")
     if existing:
         tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,

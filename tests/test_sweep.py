@@ -227,6 +227,7 @@ def test_dry_run_prints_the_plan_and_starts_no_ray(tiny_data, tmp_path, capsys):
 
 def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything_is_written(
         tiny_data, tmp_path, capsys):
+    from tune_p7.data import make_synthetic
     from tune_p7.sweep import main
 
     vectors, offsets = make_synthetic(num_docs=6, dim=8, seed=4)  # D=8, the data has D=16

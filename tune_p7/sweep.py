@@ -327,9 +327,11 @@ def format_summary(folder: SweepFolder, trials: pd.DataFrame, top: int = 5) -> s
         return "\n".join(lines)
     counts = trials["status"].value_counts()
     lines.append("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
-    columns = ["phase", "cell", "context", "margin", "temperature", "anchor_lambda", "status",
-               "epochs_run", "val_margin", "best_val_margin", "val_cos_next", "val_r_at_5",
-               "beats_trivial", "verdict"]
+    # The original grid's settings, then whatever else this sweep's space searches.
+    settings = dict.fromkeys(["context", "margin", "temperature", "anchor_lambda",
+                              *folder.read_plan().optuna.params])
+    columns = ["phase", "cell", *settings, "status", "epochs_run", "val_margin",
+               "best_val_margin", "val_cos_next", "val_r_at_5", "beats_trivial", "verdict"]
     shown = leaderboard(trials, "val_margin", top)
     lines.append(f"top {len(shown)} (trials that beat all three trivial predictors first, then "
                  f"by final val_margin):")

@@ -4,20 +4,13 @@ Each test drives the command as a user would (a subprocess), so Ray starts and s
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
-from conftest import TINY_SPACE
-from tune_p7.data import make_synthetic
+from conftest import TINY_SPACE, result_files, run_sweep, start_sweep, sweep_command, \
+    wait_for_line
 from tune_p7.folder import read_history
 from tune_p7.train import TrainConfig
 
@@ -33,49 +26,6 @@ TRIAL_COLUMNS = {
     "trial_id", "experiment", "phase", "cell", "status", "error", "epochs_run",
     "stopped_early", "val_margin", "best_val_margin", "best_epoch", "val_cos_next",
     "val_r_at_5", "train_margin", "seconds"} | set(TrainConfig().to_dict())
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A chunk-level NPZ of 40 short synthetic documents (16-d, ~630 chunks)."""
-    vectors, offsets = make_synthetic(num_docs=40, dim=16, min_chunks=12, max_chunks=20, seed=3)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, vectors=vectors, offsets=offsets)
-    return path
-
-
-def sweep_command(data, storage, name, *extra):
-    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(TINY_SPACE), "--data",
-            str(data), "--storage-path", str(storage), "--name", name, *extra]
-
-
-def run_sweep(command, timeout=150):
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
-def start_sweep(command):
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def wait_for_line(process, needle, timeout=90):
-    """Read the sweep's output until a line containing ``needle``; returns all lines read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    process.kill()
-    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
-
-
-def result_files(sweep_dir, trials):
-    """{trial_id: result.json text} of the given trials."""
-    return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
-            for row in trials.itertuples()}
 
 
 def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_data, tmp_path):

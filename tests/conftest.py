@@ -1,5 +1,6 @@
 """Shared fixtures: small real datasets written to real files; the sweep as a subprocess."""
 
+import json
 import subprocess
 import sys
 import time
@@ -93,3 +94,10 @@ def result_files(sweep_dir, trials):
     """{trial_id: result.json text} of the given trials."""
     return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
             for row in trials.itertuples()}
+
+
+def reported(result_json: Path) -> list[dict]:
+    """The lines of a trial's result.json as Ray wrote them, its own fields (pid, done ...)
+    included; a line being written right now is left out."""
+    text = result_json.read_text() if result_json.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]

@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_SPACE, run_sweep, start_sweep, sweep_command, wait_for_line, \
-    write_chunk_file
+from conftest import TINY_SPACE, reported, run_sweep, start_sweep, sweep_command, \
+    wait_for_line, write_chunk_file
 from tune_p7 import analyze, confirm, sweep, train
 from tune_p7.data import load_dataset
 from tune_p7.folder import FolderInUse, SweepFolder, read_params, read_results
@@ -155,8 +155,7 @@ def running_trial(experiment_dir, epochs_left: int) -> tuple[str, int] | None:
     """(trial folder name, worker pid) of a trial with a reported epoch and at least
     ``epochs_left`` epochs to go, or None."""
     for result in sorted(experiment_dir.glob("*/result.json")):
-        lines = [json.loads(line) for line in result.read_text().splitlines()
-                 if line.endswith("}")]
+        lines = reported(result)
         if lines and lines[-1]["epoch"] <= EPOCHS - epochs_left:
             return result.parent.name, lines[-1]["pid"]
     return None
@@ -222,7 +221,7 @@ def test_auto_device_is_recorded_in_the_plan_and_every_trial_config(disturbed_sw
 def test_a_killed_worker_resumes_from_its_last_epoch_exactly(disturbed_sweep):
     trial_name, killed_pid = disturbed_sweep["killed"]
     trial_dir = disturbed_sweep["folder"] / "ray" / "baseline" / trial_name
-    lines = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    lines = reported(trial_dir / "result.json")
     before = [line["epoch"] for line in lines if line["pid"] == killed_pid]
     after = [line["epoch"] for line in lines if line["pid"] != killed_pid]
     assert before and after, "the trial was not restarted in another worker"

@@ -7,10 +7,11 @@
     for experiment_dir, trial_dir in folder.trial_dirs(): read_params(trial_dir) ...
 
 Two kinds of files live in a sweep folder. The driver's own: sweep.json (the plan, see
-tune_p7.plan, plus the run state "state", "host", "pid"), sweep.lock (held by the one
-process that runs the sweep), the data tables and the result tables (parquet). And Ray Tune's, under ray/<experiment>/: per trial params.json,
-result.json (one JSON line per reported epoch), error.txt and checkpoint_<n>/, per
-experiment the experiment_state-<session>.json snapshots. This module reads both, writes
+tune_p7.plan, plus the run state "state", "host", "pid"), sweep.lock (locked by the one
+process running the sweep), the data tables and the result tables (parquet). And Ray
+Tune's, under ray/<experiment>/: per trial params.json, result.json (one JSON line per
+reported epoch), error.txt and checkpoint_<n>/, per experiment the
+experiment_state-<session>.json snapshots. This module reads both, writes
 the driver's (atomically, tune_p7.files), and repairs what a hard kill leaves in Ray's.
 Ray's layout is Ray's: anything unexpected in it reads as "unknown", never as a crash.
 """

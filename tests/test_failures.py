@@ -86,6 +86,16 @@ def test_auto_device_is_shown_in_the_plan(tiny_data, tmp_path, capsys):
     assert "device cuda (chosen by --device auto)" in capsys.readouterr().out
 
 
+def test_train_records_the_device_auto_chose(tmp_path, capsys):
+    chosen = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    out = tmp_path / "run"
+    assert train.main(["--data", "synthetic", "--out", str(out), "--epochs", "1", "--d-model",
+                       "16", "--layers", "1", "--heads", "2", "--threads", "1"]) == 0
+    assert f"device {chosen} (chosen by --device auto)\n" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["device"] == chosen
+
+
 def test_a_trial_that_fits_no_node_is_refused_naming_flag_ask_and_supply(tiny_data, tmp_path):
     done = run_sweep(sweep_command(tiny_data, tmp_path, "big", "--cpus-per-trial", "999",
                                    "--gpus-per-trial", "0.5"), timeout=120)

@@ -101,10 +101,11 @@ def check_trial_fits(bundle: dict[str, float], address: str | None,
 
 
 def _amount(value: float, scale: float) -> str:
-    return f"{value / scale:.3g}"
+    """``value`` in units of ``scale``, to two decimals at most (4, 0.5, 13.41)."""
+    return f"{round(value / scale, 2):g}"
 
 
 def _shape(bundle: dict[str, float], node: dict[str, float]) -> str:
-    """A node's (or the bundle's) amounts of the bundle's resources, e.g. "4 CPU, 0 GPU"."""
+    """A node's (or the bundle's) amounts of the bundle's resources, e.g. "4 CPUs, 0 GPUs"."""
     return ", ".join(f"{_amount(node.get(name, 0), FLAGS[name][2])} {FLAGS[name][1]}"
                      for name in bundle)

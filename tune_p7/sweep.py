@@ -253,9 +253,10 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if not folder.holds_sweep():  # stopped while Ray started: nothing was written
+            return 130
         interrupted = True
-        if folder.holds_sweep():
-            folder.set_state("interrupted")
+        folder.set_state("interrupted")
     return finish(folder, interrupted)
 
 

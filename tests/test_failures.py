@@ -243,8 +243,8 @@ def test_a_killed_worker_resumes_from_its_last_epoch_exactly(disturbed_sweep):
     params = read_params(trial_dir)
     config = TrainConfig.from_dict({k: v for k, v in params.items() if k not in ("phase", "cell")})
     straight = train.train(config, load_dataset(str(disturbed_sweep["data"]), split_seed=0))
-    reported = read_results(trial_dir / "result.json").epochs
-    assert without_timings(reported) == without_timings(straight.history)
+    resumed = read_results(trial_dir / "result.json").epochs
+    assert without_timings(resumed) == without_timings(straight.history)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Ray Tune wiring: how trials run, Ray's start, the progress lines, the two kinds of experiment.
 
     options = trial_options(args)                 # from add_trial_arguments' flags, checked
-    start_ray(address=None, dashboard=False)
+    start_ray(address=None, dashboard=False, options=options)  # one trial must fit a node
     grid, interrupted = run_fixed_trials(folder, "baseline", cell_configs, dataset, options)
     grid, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm, seeds)
 

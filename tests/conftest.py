@@ -30,6 +30,15 @@ def chunk_file(tmp_path):
     return write
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A chunk-level NPZ of 40 short synthetic documents (16-d, ~630 chunks) for tiny sweeps."""
+    vectors, offsets = make_synthetic(num_docs=40, dim=16, min_chunks=12, max_chunks=20, seed=3)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, vectors=vectors, offsets=offsets)
+    return path
+
+
 TINY_SPACE = Path(__file__).parent / "sweep" / "tiny.yaml"  # 16-wide model: seconds per trial
 
 
@@ -54,12 +63,6 @@ def write_chunk_file(path: Path, num_docs: int, seed: int = 3) -> Path:
                                       seed=seed)
     np.savez(path, vectors=vectors, offsets=offsets)
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A chunk-level NPZ of 40 short synthetic documents (16-d, ~630 chunks)."""
-    return write_chunk_file(tmp_path_factory.mktemp("data") / "tiny.npz", num_docs=40)
 
 
 def sweep_command(data, storage, name, *extra, space: Path = TINY_SPACE):

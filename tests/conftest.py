@@ -1,5 +1,9 @@
-"""Shared fixtures: small real datasets written to real files."""
+"""Shared fixtures: small real datasets written to real files; the sweep as a subprocess."""
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +55,52 @@ def write_tiny_space(path: Path, epochs: int = 3, optuna_trials: int = 3,
     space["cells"].update(extra_cells or {})
     path.write_text(yaml.safe_dump(space))
     return path
+
+
+def write_chunk_file(path: Path, num_docs: int, seed: int = 3) -> Path:
+    """A chunk-level NPZ of ``num_docs`` short synthetic documents (16-d, 12-20 chunks each)."""
+    vectors, offsets = make_synthetic(num_docs=num_docs, dim=16, min_chunks=12, max_chunks=20,
+                                      seed=seed)
+    np.savez(path, vectors=vectors, offsets=offsets)
+    return path
+
+
+def sweep_command(data, storage, name, *extra, space: Path = TINY_SPACE):
+    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(space), "--data",
+            str(data), "--storage-path", str(storage), "--name", name, *extra]
+
+
+def run_sweep(command, timeout=300, env=None):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start_sweep(command, env=None):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+def wait_for_line(process, needle, timeout=90):
+    """Read the sweep's output until a line containing ``needle``; returns all lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    process.kill()
+    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
+
+
+def result_files(sweep_dir, trials):
+    """{trial_id: result.json text} of the given trials."""
+    return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
+            for row in trials.itertuples()}
+
+
+def reported(result_json: Path) -> list[dict]:
+    """The lines of a trial's result.json as Ray wrote them, its own fields (pid, done ...)
+    included; a line being written right now is left out."""
+    text = result_json.read_text() if result_json.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]

@@ -6,9 +6,7 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import pyarrow.parquet as pq

@@ -4,18 +4,14 @@ Each test drives the command as a user would (a subprocess), so Ray starts and s
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
-from conftest import TINY_SPACE
+from conftest import TINY_SPACE, result_files, run_sweep, start_sweep, sweep_command, \
+    wait_for_line
 from tune_p7.folder import read_history
 from tune_p7.plots import PLOT_FILES
 from tune_p7.train import TrainConfig
@@ -32,40 +28,6 @@ TRIAL_COLUMNS = {
     "trial_id", "experiment", "phase", "cell", "status", "error", "epochs_run",
     "stopped_early", "val_margin", "best_val_margin", "best_epoch", "val_cos_next",
     "val_r_at_5", "train_margin", "seconds"} | set(TrainConfig().to_dict())
-
-
-def sweep_command(data, storage, name, *extra):
-    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(TINY_SPACE), "--data",
-            str(data), "--storage-path", str(storage), "--name", name, *extra]
-
-
-def run_sweep(command, timeout=150):
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
-def start_sweep(command):
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def wait_for_line(process, needle, timeout=90):
-    """Read the sweep's output until a line containing ``needle``; returns all lines read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    process.kill()
-    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
-
-
-def result_files(sweep_dir, trials):
-    """{trial_id: result.json text} of the given trials."""
-    return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
-            for row in trials.itertuples()}
 
 
 def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_data, tmp_path):
@@ -240,5 +202,5 @@ def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert error == (f"error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
-                     f"must be embedded with the same encoder as --data.")
+                     "must be embedded with the same encoder as --data.")
     assert not (tmp_path / "paired").exists()

@@ -55,6 +55,25 @@ class AnalysisError(ValueError):
     """A user error: the message is one sentence naming the input and the fix."""
 
 
+class EveryTrialFailed(RuntimeError):
+    """Every trial of the sweep ended in an error, so nothing can be ranked or plotted; the
+    message is one sentence, then each trial's error line (see failure_report)."""
+
+
+def failure_report(trials: pd.DataFrame) -> str | None:
+    """When every trial failed: one sentence saying so, then per trial its label and the
+    error line of its error.txt (trials' "error"); None when any trial did not fail."""
+    if trials.empty or not trials["status"].eq("error").all():
+        return None
+    lines = [f"every trial failed ({len(trials)} of {len(trials)}), so there is nothing to "
+             f"rank; fix the cause below and start a new sweep (--resume does not re-run "
+             f"failed trials):"]
+    for row in trials.itertuples():
+        label = f"{row.phase}/{row.cell or row.trial_id}"
+        lines.append(f"  {label}: {row.error or 'no error.txt'}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # Writing the outputs
 
@@ -64,7 +83,8 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
     """Refresh the tables, draw the plots, export optuna.db, write summary.txt.
 
     Returns the loaded sweep and {"tables" | "plots" | "optuna" | "summary": paths}, plus
-    "importances" (a DataFrame). Raises results.NotASweep for a folder that is not a sweep.
+    "importances" (a DataFrame). Raises results.NotASweep for a folder that is not a sweep,
+    and EveryTrialFailed, after writing that report as summary.txt, when every trial failed.
     """
     sweep_dir = Path(sweep_dir)
     written: dict = {}
@@ -73,6 +93,10 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
         results.write_tables(sweep_dir)
         written["tables"] = [folder.table_path("trials"), folder.table_path("history")]
     sweep = results.load_sweep(sweep_dir, criteria)
+    failed = failure_report(sweep.trials)
+    if failed is not None:
+        write_text(sweep_dir / SUMMARY_FILE, failed + "\n")
+        raise EveryTrialFailed(failed)
     if not sweep.trials.empty and sort not in sweep.trials.columns:
         raise AnalysisError(f"--sort {sort!r} is not a column of the trials table; use one of "
                             f"{', '.join(results.metric_columns(sweep.trials))}.")
@@ -302,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except (results.NotASweep, AnalysisError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except EveryTrialFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     sections = report(sweep, args.sort, args.top, written)
     if exported is not None:
         best_pt = Path(args.export_best) / "best.pt"

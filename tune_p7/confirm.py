@@ -24,7 +24,7 @@ import pandas as pd
 
 from tune_p7 import results
 from tune_p7.data import DataError, load_dataset
-from tune_p7.folder import SweepFolder
+from tune_p7.folder import FolderInUse, SweepFolder
 from tune_p7.plan import Plan
 from tune_p7.progress import progress_printer
 from tune_p7.tuner import (SweepError, add_trial_arguments, run_fixed_trials, start_ray,
@@ -205,20 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    folder = SweepFolder(args.sweep)
     try:
         options = trial_options(args)
         plan, candidates, configs, experiment = _prepare(args)
         dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
                                progress=progress_printer(sys.stdout))
-    except (results.NotASweep, ConfirmError, DataError, SweepError) as error:
+        lock = folder.lock()  # the sweep, or another confirm, must not run in it meanwhile
+    except (results.NotASweep, ConfirmError, DataError, SweepError, FolderInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    folder = SweepFolder(args.sweep)
     print(results.best_statement(candidates, args.sort))
+    with lock:
+        return _run(args, folder, options, candidates, configs, experiment, dataset)
+
+
+def _run(args, folder: SweepFolder, options, candidates: pd.DataFrame, configs: list[dict],
+         experiment: str, dataset) -> int:
+    """Start Ray, run the re-runs, write and print the confirmation table."""
     print(f"confirming {len(candidates)} configs x {args.seeds} seeds "
           f"({len(configs)} trials) in {folder.path / 'ray' / experiment}", flush=True)
     try:
-        start_ray(args.address, dashboard=False)
+        start_ray(args.address, dashboard=False, options=options)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,21 +1,24 @@
 """The sweep folder (docs/sweep-folder.md): the one module that knows its files.
 
     folder = SweepFolder("results/NAME")
-    folder.read_plan(); folder.set_state("running"); folder.is_running()
+    with folder.lock():                      # FolderInUse while another process holds it
+        folder.read_plan(); folder.set_state("running"); folder.is_running()
     folder.write_table("trials", frame); folder.read_table("baselines")
     for experiment_dir, trial_dir in folder.trial_dirs(): read_params(trial_dir) ...
 
 Two kinds of files live in a sweep folder. The driver's own: sweep.json (the plan, see
-tune_p7.plan, plus the run state "state", "host", "pid"), the data tables and the result
-tables (parquet). And Ray Tune's, under ray/<experiment>/: per trial params.json,
-result.json (one JSON line per reported epoch), error.txt and checkpoint_<n>/, per
-experiment the experiment_state-<session>.json snapshots. This module reads both, writes
+tune_p7.plan, plus the run state "state", "host", "pid"), sweep.lock (locked by the one
+process running the sweep), the data tables and the result tables (parquet). And Ray
+Tune's, under ray/<experiment>/: per trial params.json, result.json (one JSON line per
+reported epoch), error.txt and checkpoint_<n>/, per experiment the
+experiment_state-<session>.json snapshots. This module reads both, writes
 the driver's (atomically, tune_p7.files), and repairs what a hard kill leaves in Ray's.
 Ray's layout is Ray's: anything unexpected in it reads as "unknown", never as a crash.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -32,6 +35,7 @@ from tune_p7.files import atomic_path, write_json
 from tune_p7.plan import Plan
 
 PLAN_FILE = "sweep.json"
+LOCK_FILE = "sweep.lock"
 RAY_FOLDER = "ray"
 RUN_STATE = ("state", "host", "pid")  # sweep.json keys that are not the plan
 # Fields Ray adds to every reported result; everything else in result.json is a metric.
@@ -42,6 +46,10 @@ RAY_FIELDS = frozenset({
     "episodes_total", "timesteps_total", "timesteps_since_restore", "experiment_id"})
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RAY_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
+
+
+class FolderInUse(ValueError):
+    """Another live process holds the sweep folder; the message names its pid and host."""
 
 
 class SweepFolder:
@@ -64,6 +72,41 @@ class SweepFolder:
 
     def holds_sweep(self) -> bool:
         return self.plan_file.exists()
+
+    def lock(self) -> "FolderLock":
+        """Hold the folder for this process (created if absent) until the lock is released
+        (``with folder.lock(): ...``) or the process ends; raises FolderInUse, naming the
+        holder's pid and host, while another process holds it.
+
+        An flock on sweep.lock: the kernel releases it when its process dies, so the lock
+        of a killed sweep (kill -9, a lost node) never blocks --resume. The file also
+        names its holder for that message (sweep.json may not record a pid yet).
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")  # not atomic_path: the inode is the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._lock_holder(handle)
+            handle.close()
+            raise FolderInUse(
+                f"{self.path} is in use by a running sweep (pid {holder.get('pid', '?')} on "
+                f"host {holder.get('host', '?')}); wait for it to end or stop it, then "
+                f"resume, or pick another --name.") from None
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        handle.flush()
+        return FolderLock(self, handle, created)
+
+    def _lock_holder(self, handle) -> dict:
+        """{"pid", "host"} of the process holding the lock: from sweep.lock, else (it is
+        being written this instant) from sweep.json's run state."""
+        handle.seek(0)
+        try:
+            return json.loads(handle.read())
+        except json.JSONDecodeError:
+            return self.run_state()
 
     # --- sweep.json: the plan and the run state
 
@@ -163,6 +206,32 @@ class SweepFolder:
         for experiment_dir in self.experiment_dirs():
             for params in sorted(experiment_dir.glob("*/params.json")):
                 yield experiment_dir, params.parent
+
+
+class FolderLock:
+    """The lock of SweepFolder.lock(), held until ``release()`` or the end of a with block.
+
+    A folder this lock created and that received no sweep.json (the sweep was refused
+    before it began) is removed again on release, so a refusal leaves nothing behind.
+    """
+
+    def __init__(self, folder: SweepFolder, handle, created: bool):
+        self.folder, self.handle, self.created = folder, handle, created
+
+    def release(self) -> None:
+        if self.created and not self.folder.holds_sweep():
+            (self.folder.path / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                self.folder.path.rmdir()
+            except OSError:  # something else was put there: keep it
+                pass
+        self.handle.close()  # closing the file releases the flock
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def newest_sweep(storage: Path) -> Path | None:

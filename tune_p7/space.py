@@ -21,9 +21,7 @@ sentence naming the file and the key. Nothing here knows about Ray or training.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import math
 import re
 import typing
 from dataclasses import dataclass

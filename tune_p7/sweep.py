@@ -30,10 +30,10 @@ from pathlib import Path
 import pandas as pd
 
 from tune_p7 import __version__
-from tune_p7.analyze import write_outputs
+from tune_p7.analyze import EveryTrialFailed, write_outputs
 from tune_p7.config import TrainConfig
 from tune_p7.data import DataError, Dataset, load_dataset
-from tune_p7.folder import SweepFolder, newest_sweep
+from tune_p7.folder import FolderInUse, SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
 from tune_p7.progress import progress_printer
@@ -116,11 +116,13 @@ def resolve_sweep_dir(args: argparse.Namespace) -> tuple[SweepFolder, bool]:
     return SweepFolder(storage / datetime.now().strftime("p7-%Y%m%d-%H%M%S")), False
 
 
-def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None) -> Plan:
+def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None,
+              device: str = "auto") -> Plan:
     """The sweep's plan (saved as sweep.json); checks arguments and space.
 
     saved: the sweep.json of an existing sweep being resumed; its plan arguments are kept
-    and a different value on the command line is refused.
+    and a different value on the command line is refused. device: the trials' device
+    (TrialOptions.device, "auto" already resolved), recorded in the plan's configs.
     """
     given = {name: getattr(args, name) for name in PLAN_ARGUMENTS}
     if saved is not None:
@@ -136,7 +138,7 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None)
                  "seed": 0 if args.seed is None else args.seed}
     space = load_space(arguments["space"])
     profile = space.profile(arguments["profile"])
-    overrides = {"seed": arguments["seed"]}
+    overrides = {"seed": arguments["seed"], "device": device}
     for name, least in (("epochs", 1), ("epoch_windows", 0), ("max_val_windows", 0)):
         if arguments[name] is not None:
             if arguments[name] < least:
@@ -167,8 +169,10 @@ def _versions() -> dict:
         "tune_p7": __version__}
 
 
-def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
-    """The plan as the lines --dry-run (and every run) prints."""
+def format_plan(plan: Plan, options: TrialOptions, address: str | None,
+                asked_device: str = "auto") -> str:
+    """The plan as the lines --dry-run (and every run) prints; asked_device: --device as
+    given, shown beside the device it resolved to when that was "auto"."""
     fixed, optuna, epochs = plan.fixed, plan.optuna, plan.epochs
     lines = [f"sweep {plan.name}  ->  {plan.sweep_dir}",
              f"  space {plan.space_file}  profile {plan.arguments['profile']}  data "
@@ -196,8 +200,10 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
         "as many as the cluster allows" if address
         else f"{max(1, (os.cpu_count() or 1) // options.cpus_per_trial)} (this machine's CPUs)")
     where = address or "a local Ray on 127.0.0.1"
-    lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU "
-                 f"per trial, concurrency {concurrency}, device {options.device}, worker "
+    device = options.device + (" (chosen by --device auto)" if asked_device == "auto" else "")
+    memory = f" + {options.memory_per_trial:g} GiB" if options.memory_per_trial else ""
+    lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU"
+                 f"{memory} per trial, concurrency {concurrency}, device {device}, worker "
                  f"reuse {'on' if options.reuse_actors else 'off'}, on {where}")
     lines.append(f"  results {plan.sweep_dir}/trials.parquet, history.parquet (Ray's "
                  f"files under ray/)")
@@ -213,49 +219,54 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder, resuming = resolve_sweep_dir(args)
         saved = folder.read_content() if resuming else None
-        plan = make_plan(args, folder, saved)
         options = trial_options(args)
+        plan = make_plan(args, folder, saved, options.device)
         space = (load_space(plan.space_file) if saved is None
                  else parse_space(plan.space, plan.space_file))
-    except (SweepError, SpaceError) as error:
+        # One live sweep per folder: a second one is refused before it prints or writes.
+        lock = None if args.dry_run else folder.lock()
+    except (SweepError, SpaceError, FolderInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(("resuming " if resuming else "") + format_plan(plan, options, args.address),
-          flush=True)
-    if args.dry_run:
+    print(("resuming " if resuming else "") + format_plan(plan, options, args.address,
+                                                          args.device), flush=True)
+    if lock is None:
         return 0
-    try:
-        dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
-                               progress=progress_printer(sys.stdout))
-        for context in plan.contexts():
-            dataset.check_context(context)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return run_sweep(args, folder, plan, space, dataset, options, resuming)
+    with lock:
+        try:
+            dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
+                                   progress=progress_printer(sys.stdout))
+            for context in plan.contexts():
+                dataset.check_context(context)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return run_sweep(args, folder, plan, space, dataset, options, resuming)
 
 
 def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
               options: TrialOptions, resuming: bool) -> int:
-    """Write the driver's files, run both experiments, write the tables, print the top.
+    """Start Ray, write the driver's files, run both experiments, write the tables, print
+    the top.
 
     The data tables of a new sweep are computed in a thread while Ray starts (both take
-    seconds; Ray's start mostly waits for its processes).
+    seconds; Ray's start mostly waits for its processes). They and the plan are written
+    once Ray is up and one trial fits on a node (and, on a cluster, the storage is shared),
+    so a sweep refused there leaves no folder behind.
     """
-    if not resuming:
-        folder.write_plan(plan)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             if not resuming:
                 print(f"computing the data tables (signals, trivial predictors for K="
                       f"{', '.join(map(str, plan.contexts()))}) while Ray starts", flush=True)
-            tables = None if resuming else pool.submit(write_data_tables, folder, dataset, plan)
-            start_ray(args.address, args.dashboard)
-        if tables:
-            tables.result()  # raises what the thread raised
+            references = None if resuming else pool.submit(data_references, dataset, plan)
+            start_ray(args.address, args.dashboard, options)
+            if args.address:
+                check_shared_storage(folder.path.parent)
+        if references:
+            folder.write_plan(plan)
+            folder.write_data_tables(references.result())  # raises what the thread raised
         print(format_data_summary(folder, dataset), flush=True)
-        if args.address:
-            check_shared_storage(folder.path.parent)
         grid, interrupted = run_fixed_trials(folder, "baseline", plan.cells, dataset, options)
         if not interrupted and plan.optuna.trials:
             warm = warm_start_points(grid, plan, space)
@@ -267,29 +278,35 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if not folder.holds_sweep():  # stopped while Ray started: nothing was written
+            return 130
         interrupted = True
-        if folder.holds_sweep():
-            folder.set_state("interrupted")
+        folder.set_state("interrupted")
     return finish(folder, interrupted)
 
 
-def write_data_tables(folder: SweepFolder, dataset: Dataset, plan: Plan) -> None:
-    """baselines.parquet and data_signals.parquet for every K the sweep trains on, on the
-    validation windows (and global queries) the trials use."""
+def data_references(dataset: Dataset, plan: Plan) -> dict[int, dict]:
+    """{K: metrics.reference_metrics} for every K the sweep trains on, on the validation
+    windows (and global queries) the trials use: SweepFolder.write_data_tables' input."""
     queries, evaluated = plan.fixed["global_queries"] or None, plan.fixed["max_val_windows"]
-    folder.write_data_tables({context: reference_metrics(dataset, context, queries, evaluated)
-                              for context in plan.contexts()})
+    return {context: reference_metrics(dataset, context, queries, evaluated)
+            for context in plan.contexts()}
 
 
 def finish(folder: SweepFolder, interrupted: bool) -> int:
-    """Write trials.parquet/history.parquet, print where they are and the top trials."""
+    """Write trials.parquet/history.parquet, print where they are and the top trials, then
+    the analysis; exit code 130 when interrupted, 1 when every trial failed, else 0."""
     trials, _ = write_tables(folder.path)
     print(format_summary(folder, trials))
     if interrupted:
         print(f"interrupted: continue with  python -m tune_p7.sweep --resume --name "
               f"{folder.path.name} --storage-path {folder.path.parent}")
         return 130
-    _, written = write_outputs(folder.path)
+    try:
+        _, written = write_outputs(folder.path)
+    except EveryTrialFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     print(f"analysis: {folder.path / 'summary.txt'}, "
           f"{len(written['plots'])} plots, {folder.path / 'optuna.db'} "
           f"(python -m tune_p7.analyze {folder.path} for the full report)")

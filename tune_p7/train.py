@@ -26,6 +26,7 @@ import torch
 
 from tune_p7.config import TrainConfig
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
+from tune_p7.devices import resolve_device
 from tune_p7.losses import p7_loss
 from tune_p7.files import atomic_path, write_json
 from tune_p7.metrics import evaluate, reference_metrics
@@ -54,17 +55,6 @@ class TrainResult:
     history: list[dict]           # one metrics dict per epoch
     model: Ranker                 # the model after the last epoch
     device: torch.device
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" picks cuda > mps > cpu; anything else is taken as a torch device string."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class Run:
@@ -243,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_dict(values)
         config.model_config(1)  # validate model settings before loading anything
+        # The device that will run, checked now (DeviceError is a ValueError) and recorded
+        # in config.json: "auto" becomes what it chose.
+        config = dataclasses.replace(config, device=str(resolve_device(config.device)))
         dataset = load_dataset(args.data, args.val_fraction, args.split_seed,
                                val_source=args.val_data,
                                progress=progress_printer(sys.stdout))
@@ -258,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "split_seed": args.split_seed})
     print(describe_windows(config, dataset), flush=True)
     _write_baselines(config, dataset, out)
+    print(f"device {config.device}" + (" (chosen by --device auto)" if args.device == "auto"
+                                       else ""), flush=True)
     best = {"val_margin": -math.inf}
 
     def on_epoch(metrics: dict, state: dict) -> None:

@@ -1,7 +1,7 @@
 """Ray Tune wiring: how trials run, Ray's start, the progress lines, the two kinds of experiment.
 
     options = trial_options(args)                 # from add_trial_arguments' flags, checked
-    start_ray(address=None, dashboard=False)
+    start_ray(address=None, dashboard=False, options=options)  # one trial must fit a node
     grid, interrupted = run_fixed_trials(folder, "baseline", cell_configs, dataset, options)
     grid, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm, seeds)
 
@@ -32,9 +32,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tune_p7.config import TrainConfig
 from tune_p7.data import Dataset
+from tune_p7.devices import DeviceError, trial_device
 from tune_p7.folder import SweepFolder, ray_trial_states, read_error, read_history, \
     repair_experiment_state
 from tune_p7.plan import Plan
+from tune_p7.resources import ResourceError, check_trial_fits, trial_bundle
 from tune_p7.scheduler import SeededASHA
 from tune_p7.space import SearchSpace
 from tune_p7.train import format_epoch
@@ -65,11 +67,13 @@ class TrialOptions:
 
     cpus_per_trial: CPUs reserved per trial; also its torch threads (TrainConfig.threads).
     gpus_per_trial: GPUs per trial, fractional allowed (0.25 = four trials share one GPU).
-    device: TrainConfig.device of every trial ("auto" = cuda > mps > cpu).
+    device: TrainConfig.device of every trial (trial_options resolves "auto").
+    memory_per_trial: GiB of Ray's memory resource reserved per trial (0: none).
     max_concurrent: trials at once; 0 = as many as the cluster's CPUs/GPUs allow.
     reuse_actors: reuse trial workers between trials (saves the worker start-up).
     max_failures: retries of a failed trial from its last epoch checkpoint.
     progress: print one line per trial epoch.
+    resource_wait: seconds a cluster may take to offer a node that fits one trial.
     """
 
     cpus_per_trial: int = 1
@@ -79,6 +83,12 @@ class TrialOptions:
     reuse_actors: bool = True
     max_failures: int = 2
     progress: bool = True
+    memory_per_trial: float = 0.0
+    resource_wait: float = 120.0
+
+    def bundle(self) -> dict[str, float]:
+        """One trial's Ray resources (tune_p7.resources.trial_bundle)."""
+        return trial_bundle(self.cpus_per_trial, self.gpus_per_trial, self.memory_per_trial)
 
 
 def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,11 +99,16 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs per trial, also its torch threads (default 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
                         help="GPUs per trial, fractions share a GPU (default 0)")
+    parser.add_argument("--memory-per-trial", type=float, default=0.0,
+                        help="GiB of memory Ray reserves per trial (default 0: none)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                         help="start a fresh worker for every trial")
     parser.add_argument("--address", help="connect to a Ray cluster ('auto' or host:port) "
                                           "instead of starting Ray on this machine")
+    parser.add_argument("--resource-wait", type=float, default=120.0,
+                        help="with --address: seconds to wait for a node that fits one trial "
+                             "(an autoscaler may add one) before giving up (default 120)")
 
 
 def trial_options(args: argparse.Namespace) -> TrialOptions:
@@ -107,16 +122,25 @@ def trial_options(args: argparse.Namespace) -> TrialOptions:
                          "trials per GPU); Ray hides GPUs from trials that reserve none.")
     if args.max_concurrent < 0:
         raise SweepError(f"--max-concurrent {args.max_concurrent} must be 0 (automatic) or more.")
-    return TrialOptions(args.cpus_per_trial, args.gpus_per_trial, args.device,
-                        args.max_concurrent, args.reuse_actors)
+    if args.memory_per_trial < 0 or args.resource_wait < 0:
+        raise SweepError(f"--memory-per-trial ({args.memory_per_trial}) and --resource-wait "
+                         f"({args.resource_wait}) must be 0 or more.")
+    try:
+        device = trial_device(args.device, args.gpus_per_trial, on_cluster=bool(args.address))
+    except DeviceError as error:
+        raise SweepError(str(error)) from None
+    return TrialOptions(args.cpus_per_trial, args.gpus_per_trial, device,
+                        args.max_concurrent, args.reuse_actors,
+                        memory_per_trial=args.memory_per_trial, resource_wait=args.resource_wait)
 
 
 # ---------------------------------------------------------------------------------------
 # Ray
 
 
-def start_ray(address: str | None, dashboard: bool) -> None:
-    """Connect to ``address`` or start a private local Ray on loopback (no usage stats)."""
+def start_ray(address: str | None, dashboard: bool, options: TrialOptions | None = None) -> None:
+    """Connect to ``address`` or start a private local Ray on loopback (no usage stats);
+    then, given ``options``, make sure one trial fits on a node (tune_p7.resources)."""
     os.environ.update(RAY_ENVIRONMENT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Trial failures are printed by EpochPrinter as one line; the traceback is in error.txt.
@@ -135,6 +159,11 @@ def start_ray(address: str | None, dashboard: bool) -> None:
         # given; its ports are protected by Ray's token authentication.)
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  log_to_driver=False, logging_level="WARNING")
+    if options is not None:
+        try:
+            check_trial_fits(options.bundle(), address, options.resource_wait)
+        except ResourceError as error:
+            raise SweepError(str(error)) from None
 
 
 def check_shared_storage(storage: Path) -> None:
@@ -321,8 +350,8 @@ def warm_start_points(grid, plan: Plan, space: SearchSpace) -> list[tuple[dict, 
 
 def _trainable(dataset: Dataset, options: TrialOptions):
     """The trainable with the dataset in the object store and the trial's resources."""
-    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(p7_trainable, dataset=dataset), resources)
+    return tune.with_resources(tune.with_parameters(p7_trainable, dataset=dataset),
+                               options.bundle())
 
 
 def _run_config(folder: SweepFolder, experiment: str, options: TrialOptions,

@@ -201,6 +201,6 @@ def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything
     assert f"(validation: {other})" in capsys.readouterr().out
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip()
-    assert error == (f"error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
+    assert error == ("error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
                      "must be embedded with the same encoder as --data.")
     assert not (tmp_path / "paired").exists()

@@ -102,7 +102,8 @@ def run_measured(command: list[str], source: Path, timeout_s: float) -> Measurem
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=source, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                    "PYTHONPATH": str(source)})  # Ray's workers too
     peak, first_epoch, lines = [0], [None], []
     done = threading.Event()
 

@@ -344,6 +344,8 @@ def format_summary(folder: SweepFolder, trials: pd.DataFrame, top: int = 5) -> s
         return "\n".join(lines)
     counts = trials["status"].value_counts()
     lines.append("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    if "val_margin" not in trials.columns:  # no trial reported an epoch (the reasons follow)
+        return "\n".join(lines)
     # The original grid's settings, then whatever else this sweep's space searches.
     settings = dict.fromkeys(["context", "margin", "temperature", "anchor_lambda",
                               *folder.read_plan().optuna.params])

@@ -28,6 +28,7 @@ SECTIONS = ("cells", "optuna", "fixed", "profiles")
 # Set by the command line (--seed, --device, --cpus-per-trial), never by the file.
 COMMAND_LINE_FIELDS = {"seed": "--seed", "device": "--device", "threads": "--cpus-per-trial"}
 FIELD_TYPES = {field.name: type(field.default) for field in dataclasses.fields(TrainConfig)}
+FIELD_TYPES["bf16"] = (str, bool)  # "auto" | "on" | "off"; older files' true/false still read
 CELL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -188,8 +189,10 @@ def _check_type(value, expected: type, name: str, key: str) -> None:
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise SpaceError(f"{name}: key '{key}' must be {expected.__name__}, not "
-                         f"{value!r}; fix the value.")
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        raise SpaceError(f"{name}: key '{key}' must be "
+                         f"{' or '.join(kind.__name__ for kind in kinds)}, not {value!r}; "
+                         f"fix the value.")
 
 
 def _cells(mapping, name: str) -> dict[str, dict]:

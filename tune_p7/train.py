@@ -158,7 +158,7 @@ class Run:
         order = torch.randperm(len(source), generator=self.generator)
         # The epoch's hard-negative draws in one call (the same numbers as per-batch calls)
         # and one copy to the device, instead of a copy (and a device sync) per batch.
-        draws = torch.rand(len(source), config.hard_negatives, generator=self.generator)
+        draws = torch.rand(len(order), config.hard_negatives, generator=self.generator)
         order, draws = order.to(self.device), draws.to(self.device)
         started = time.perf_counter()
         batches = zip(order.split(config.batch_size), draws.split(config.batch_size))

@@ -2,25 +2,34 @@
 
     python benchmarks/core_benchmark.py            # full run (D=768, K=5, d_model 512, 4 layers)
     python benchmarks/core_benchmark.py --quick    # smoke run: same code path, small sizes
+    python benchmarks/core_benchmark.py --steps-only --step-batches 64 --no-memory --rounds 8
+    python benchmarks/core_benchmark.py ... --threads 1 --cpu-time   # a busy shared machine
 
 Prints figures, asserts nothing about speed (speed lives here, not in tests).
 
-The naive reference is written here, after the original P7 scripts, and computes the same
-objective as ``tune_p7.losses.p7_loss`` and the same model as ``tune_p7.model.Ranker``:
+*fast* is tune_p7's own training step (``tune_p7.train.training_step`` with the optimizer
+``tune_p7.train._optimizer`` builds, fused AdamW). The naive reference is the original P7
+scripts' step, written here; it computes the same objective as ``tune_p7.losses.p7_loss``
+and the same model as ``tune_p7.model.Ranker``:
 
 * ``naive_p7_loss``: a Python loop fills a (B, B+1+H, D) candidate tensor (every batch target,
   prev_i, H hard negatives of row i) and scores it with bmm, then the same duplicate mask,
   prev-repel hinge, per-sample gate and teacher pull. At B=1024 the tensor is 3.2 GB fp32.
 * ``FullSequenceRanker``: the same weights, but every encoder layer, the last included, runs
   over the whole sequence and position -1 is taken afterwards.
+* ``reference_optimizer``: ``torch.optim.AdamW(model.parameters(), ...)`` with torch's
+  default kernel (a loop over the tensors on CPU), as the original built it.
 
 Before any timing the benchmark checks (and prints) that both give the same model output,
-the same loss components and the same gradients: a speed-up over different math means nothing.
+the same loss components, the same gradients and the same AdamW update: a speed-up over
+different math means nothing.
 
-Method. Throughput: fast and naive live in one process and are timed alternately (pairs in
-ABBA order) after warm-up, so the shared, noisy machine slows both alike; the figure is the
-median step time, and the speed-up is the median of the per-pair ratios (the ratio of the
-fastest calls is printed beside it: noise only ever adds time). The compute bound of the
+Method. Throughput: every variant (fast and naive, fp32 and bf16 autocast) lives in one
+process; after warm-up each round calls each once, in an order rotated and reversed from round
+to round, so the shared, noisy machine slows all alike; the figure is the median step time,
+and the speed-up is the median of the per-round ratios (the ratio of the fastest calls is
+printed beside it: noise only ever adds time). The bf16 row also gives fast bf16 against
+naive fp32, the issue's bf16 target (the original scripts had no bf16). The compute bound of the
 step speed-up is the ratio of matmul FLOPs (torch.utils.flop_counter), printed with the
 same-math check. Memory: each variant runs in a fresh subprocess with a fixed glibc mmap
 threshold (MALLOC_MMAP_THRESHOLD_=65536, so freed large blocks leave RSS at once and the peak
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import json
@@ -45,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -53,12 +64,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tune_p7.losses import DUPLICATE_COSINE, LossConfig, p7_loss
 from tune_p7.model import ModelConfig, Ranker
-from tune_p7.train import TrainConfig, _optimizer
+from tune_p7.train import TrainConfig, _optimizer, training_step
 
 HARD_NEGATIVES = 4  # H
 MMAP_THRESHOLD = "65536"  # glibc: blocks above this are mmapped and unmapped when freed
-TARGETS = {"step_speedup_b64_fp32": 1.6, "loss_speedup_b1024": 150.0,
-           "loss_memory_ratio_b1024": 90.0}  # issue 2, full sizes on 2 cores
+TARGETS = {"step_speedup_b64_fp32": 1.6, "step_speedup_b64_bf16_vs_naive_fp32": 2.5,  # issue 13
+           "loss_speedup_b1024": 150.0, "loss_memory_ratio_b1024": 90.0}  # issue 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ class Sizes:
     heads: int
     step_batches: tuple        # B for the full training step
     loss_batches: tuple        # B for the loss alone
-    step_repeats: dict         # B -> (warm-up steps, timed pairs)
-    loss_repeats: dict         # B -> (warm-up calls, timed pairs)
+    step_repeats: dict         # B -> (warm-up rounds, timed rounds)
+    loss_repeats: dict         # B -> (warm-up rounds, timed rounds)
 
 
 FULL = Sizes(dim=768, context=5, d_model=512, layers=4, heads=8,
@@ -179,17 +190,33 @@ def make_models(sizes: Sizes, seed: int = 0) -> dict:
     return {"fast": fast, "naive": naive}
 
 
-def train_step(model, loss_function, optimizer, batch, bf16: bool, loss_config) -> None:
-    """One training step exactly as tune_p7.train.Run.train_epoch does it."""
+def fast_step(model, optimizer, batch, bf16: bool, loss_config) -> None:
+    """tune_p7's training step itself (tune_p7.train.training_step, as Run.train_epoch runs it)."""
+    training_step(model, optimizer, *batch, 0, loss_config, 1.0, bf16)
+
+
+def reference_step(model, optimizer, batch, bf16: bool, loss_config) -> None:
+    """The original scripts' step: full-sequence model, loop-built loss, torch's default AdamW."""
     contexts, targets, negatives = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         predictions = model(contexts)
-    total = loss_function(predictions, contexts, targets, negatives, 0, loss_config)[0]
+    total = naive_p7_loss(predictions, contexts, targets, negatives, 0, loss_config)[0]
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     model.project_lambda()
+
+
+def reference_optimizer(model) -> torch.optim.AdamW:
+    """The original's AdamW: every parameter decayed, torch's default kernel (a per-tensor
+    loop on CPU)."""
+    return torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+
+
+STEPS = {"fast": fast_step, "naive": reference_step}
+OPTIMIZERS = {"fast": lambda model: _optimizer(model, TrainConfig()),  # lr 5e-4, wd 1e-4
+              "naive": reference_optimizer}
 
 
 def loss_call(loss_function, predictions, batch, loss_config) -> None:
@@ -204,10 +231,6 @@ def make_predictions(batch, sizes: Sizes) -> torch.Tensor:
     _, targets, _ = batch
     noise = torch.randn(targets.shape, generator=torch.Generator().manual_seed(1))
     return F.normalize(targets + 1.5 * noise / sizes.dim ** 0.5, dim=-1).requires_grad_()
-
-
-def optimizer_for(model) -> torch.optim.AdamW:
-    return _optimizer(model, TrainConfig())  # lr 5e-4, weight decay 1e-4, lambda undecayed
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +273,14 @@ def check_equivalence(sizes: Sizes) -> list[tuple[str, float, float, bool]]:
         model_gradients[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
     rows.append(("training-step parameter gradients", model_gradients["fast"],
                  model_gradients["naive"], 1e-4))
+
+    # The optimizers: tune_p7's (fused) and the original's (per-tensor loop), same gradients.
+    updated = {}
+    for name, make_optimizer in OPTIMIZERS.items():
+        model = copy.deepcopy(models["fast"])  # the weights and gradients of the step above
+        make_optimizer(model).step()
+        updated[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    rows.append(("parameters after one AdamW update", updated["fast"], updated["naive"], 1e-5))
     results = []
     for what, fast, naive, tolerance in rows:
         difference = (fast - naive).abs().max().item()
@@ -274,48 +305,86 @@ def step_flops(sizes: Sizes, batch_size: int) -> dict:
 # ---------------------------------------------------------------------------------------
 # Timing (both variants in this process, interleaved)
 
-def paired_times(run_fast, run_naive, warmup: int, pairs: int) -> tuple[list, list]:
-    """Per-call seconds of both variants, timed alternately in ABBA order after warm-up."""
+def interleaved_times(calls: dict, warmup: int, rounds: int, clock=time.perf_counter) -> dict:
+    """{name: per-call seconds}: every call once per round after warm-up, the order rotated
+    and reversed from round to round, so slow spells of a shared machine hit all alike.
+    clock: time.perf_counter (wall) or time.thread_time (this thread's CPU time)."""
+    names = list(calls)
     for _ in range(warmup):
-        run_fast()
-        run_naive()
-    times = {"fast": [], "naive": []}
-    calls = {"fast": run_fast, "naive": run_naive}
-    for pair in range(pairs):
-        order = ("fast", "naive") if pair % 2 == 0 else ("naive", "fast")
-        for name in order:
-            started = time.perf_counter()
+        for name in names:
             calls[name]()
-            times[name].append(time.perf_counter() - started)
-    return times["fast"], times["naive"]
+    times = {name: [] for name in names}
+    for index in range(rounds):
+        order = names[index % len(names):] + names[:index % len(names)]
+        for name in order[::-1] if index % 2 else order:
+            started = clock()
+            calls[name]()
+            times[name].append(clock() - started)
+    return times
 
 
 def summarise(fast: list, naive: list) -> dict:
+    """Median seconds of both, and the speed-up: median of the per-round ratios, and the
+    ratio of the fastest calls (noise only ever adds time)."""
     return {"fast_seconds": statistics.median(fast), "naive_seconds": statistics.median(naive),
             "speedup": statistics.median(n / f for f, n in zip(fast, naive)),
-            "speedup_fastest": min(naive) / min(fast), "pairs": len(fast)}
+            "speedup_fastest": min(naive) / min(fast), "rounds": len(fast)}
 
 
-def time_step(sizes: Sizes, batch_size: int, bf16: bool) -> dict:
+def time_steps(sizes: Sizes, batch_size: int, clock=time.perf_counter) -> list[dict]:
+    """Rows for fp32 and bf16: both variants in both dtypes timed in one interleaved loop.
+
+    The bf16 row also gives fast bf16 against the naive fp32 step (the original had no bf16).
+    """
     loss_config = LossConfig()
     models = make_models(sizes)
-    optimizers = {name: optimizer_for(model) for name, model in models.items()}
+    optimizers = {name: OPTIMIZERS[name](model) for name, model in models.items()}
     batch = make_batch(batch_size, sizes)
-    run = {name: (lambda name=name: train_step(models[name], LOSSES[name], optimizers[name],
-                                               batch, bf16, loss_config))
-           for name in LOSSES}
-    warmup, pairs = sizes.step_repeats[batch_size]
-    return summarise(*paired_times(run["fast"], run["naive"], warmup, pairs))
+    calls = {(name, bf16): (lambda name=name, bf16=bf16: STEPS[name](
+                 models[name], optimizers[name], batch, bf16, loss_config))
+             for bf16 in (False, True) for name in STEPS}
+    times = interleaved_times(calls, *sizes.step_repeats[batch_size], clock)
+    rows = []
+    for bf16 in (False, True):
+        row = {"batch": batch_size, "dtype": "bf16" if bf16 else "fp32",
+               **summarise(times["fast", bf16], times["naive", bf16])}
+        if bf16:
+            against_fp32 = summarise(times["fast", True], times["naive", False])
+            row["speedup_vs_naive_fp32"] = against_fp32["speedup"]
+        rows.append(row)
+    return rows
 
 
-def time_loss(sizes: Sizes, batch_size: int) -> dict:
+def time_loss(sizes: Sizes, batch_size: int, clock=time.perf_counter) -> dict:
     loss_config = LossConfig()
     batch = make_batch(batch_size, sizes)
     predictions = make_predictions(batch, sizes)
-    run = {name: (lambda name=name: loss_call(LOSSES[name], predictions, batch, loss_config))
-           for name in LOSSES}
-    warmup, pairs = sizes.loss_repeats[batch_size]
-    return summarise(*paired_times(run["fast"], run["naive"], warmup, pairs))
+    calls = {name: (lambda name=name: loss_call(LOSSES[name], predictions, batch, loss_config))
+             for name in LOSSES}
+    times = interleaved_times(calls, *sizes.loss_repeats[batch_size], clock)
+    return summarise(times["fast"], times["naive"])
+
+
+def profile_step(sizes: Sizes, batch_size: int, bf16: bool, steps: int = 4) -> list[tuple]:
+    """[(op, share of self CPU time)] of tune_p7's step under torch.profiler, largest first.
+
+    The profiler adds a little per op, so small ops read somewhat high.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    loss_config = LossConfig()
+    model = make_models(sizes)["fast"]
+    optimizer = OPTIMIZERS["fast"](model)
+    batch = make_batch(batch_size, sizes)
+    for _ in range(2):
+        fast_step(model, optimizer, batch, bf16, loss_config)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            fast_step(model, optimizer, batch, bf16, loss_config)
+    events = [event for event in profiler.key_averages() if event.key.startswith("aten::")]
+    total = sum(event.self_cpu_time_total for event in events)
+    return sorted(((event.key, event.self_cpu_time_total / total) for event in events),
+                  key=lambda item: -item[1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,19 +408,18 @@ def _reset_peak() -> bool:
 def memory_probe(sizes: Sizes, kind: str, variant: str, batch_size: int, bf16: bool) -> dict:
     """Peak RSS above the post-setup baseline of one call, in this (fresh) process."""
     loss_config = LossConfig()
-    loss_function = LOSSES[variant]
     batch = make_batch(batch_size, sizes)
     tiny = make_batch(4, sizes, seed=3)
     if kind == "step":
         # The tiny step creates the AdamW state and leaves gradients, as a running loop does.
         model = make_models(sizes)[variant]
-        optimizer = optimizer_for(model)
+        optimizer = OPTIMIZERS[variant](model)
 
         def call(data, _):
-            train_step(model, loss_function, optimizer, data, bf16, loss_config)
+            STEPS[variant](model, optimizer, data, bf16, loss_config)
     else:
         def call(data, predictions):
-            loss_call(loss_function, predictions, data, loss_config)
+            loss_call(LOSSES[variant], predictions, data, loss_config)
     predictions = make_predictions(batch, sizes)
     call(tiny, make_predictions(tiny, sizes))
     gc.collect()
@@ -382,10 +450,12 @@ def measure_memory(sizes_name: str, threads: int, kind: str, variant: str, batch
 # ---------------------------------------------------------------------------------------
 # Report
 
-def run(sizes: Sizes, sizes_name: str, threads: int, skip_memory: bool) -> dict:
+def run(sizes: Sizes, sizes_name: str, threads: int, skip_memory: bool,
+        steps_only: bool = False, clock=time.perf_counter) -> dict:
     started = time.perf_counter()
-    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; sizes "
-          f"{sizes_name}: D={sizes.dim} K={sizes.context} d_model={sizes.d_model} "
+    timing = "thread CPU time" if clock is time.thread_time else "wall time"
+    print(f"torch {torch.__version__}, {threads} threads ({timing}), {os.cpu_count()} CPUs; "
+          f"sizes {sizes_name}: D={sizes.dim} K={sizes.context} d_model={sizes.d_model} "
           f"layers={sizes.layers} heads={sizes.heads} H={HARD_NEGATIVES}; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
@@ -405,21 +475,19 @@ def run(sizes: Sizes, sizes_name: str, threads: int, skip_memory: bool) -> dict:
 
     steps = []
     for batch_size in sizes.step_batches:
-        for bf16 in (False, True):
-            row = {"batch": batch_size, "dtype": "bf16" if bf16 else "fp32",
-                   **time_step(sizes, batch_size, bf16)}
+        for row in time_steps(sizes, batch_size, clock):
             if not skip_memory:
-                for variant in LOSSES:
+                for variant in STEPS:
                     memory = measure_memory(sizes_name, threads, "step", variant, batch_size,
-                                            bf16)
+                                            row["dtype"] == "bf16")
                     row[f"{variant}_extra_mib"] = memory["extra_mib"]
                     row["memory_method"] = memory["method"]
             steps.append(row)
             print(_step_line(row), flush=True)
 
     losses = []
-    for batch_size in sizes.loss_batches:
-        row = {"batch": batch_size, **time_loss(sizes, batch_size)}
+    for batch_size in () if steps_only else sizes.loss_batches:
+        row = {"batch": batch_size, **time_loss(sizes, batch_size, clock)}
         if not skip_memory:
             for variant in LOSSES:
                 memory = measure_memory(sizes_name, threads, "loss", variant, batch_size, False)
@@ -440,11 +508,14 @@ def run(sizes: Sizes, sizes_name: str, threads: int, skip_memory: bool) -> dict:
 
 
 def targets_met(report: dict) -> dict:
-    """{target: (measured, target, met)} for the issue's three figures."""
-    step = next(row for row in report["steps"] if row["batch"] == 64 and row["dtype"] == "fp32")
-    loss = next(row for row in report["losses"] if row["batch"] == 1024)
-    measured = {"step_speedup_b64_fp32": step["speedup"], "loss_speedup_b1024": loss["speedup"],
-                "loss_memory_ratio_b1024": _ratio(loss)}
+    """{target: (measured, target, met)} for the figures of TARGETS that this run measured."""
+    step = {row["dtype"]: row for row in report["steps"] if row["batch"] == 64}
+    measured = {"step_speedup_b64_fp32": step["fp32"]["speedup"],
+                "step_speedup_b64_bf16_vs_naive_fp32": step["bf16"]["speedup_vs_naive_fp32"]}
+    loss = [row for row in report["losses"] if row["batch"] == 1024]
+    if loss:
+        measured.update(loss_speedup_b1024=loss[0]["speedup"],
+                        loss_memory_ratio_b1024=_ratio(loss[0]))
     return {name: (value, TARGETS[name], value >= TARGETS[name])
             for name, value in measured.items()}
 
@@ -458,11 +529,13 @@ def _ratio(row: dict) -> float:
 def _step_line(row: dict) -> str:
     memory = (f"  extra MiB fast {row['fast_extra_mib']:.0f} naive {row['naive_extra_mib']:.0f}"
               if "fast_extra_mib" in row else "")
-    throughput = {name: row["batch"] / row[f"{name}_seconds"] for name in LOSSES}
+    throughput = {name: row["batch"] / row[f"{name}_seconds"] for name in STEPS}
+    against_fp32 = (f", {row['speedup_vs_naive_fp32']:.2f}x the naive fp32 step"
+                    if "speedup_vs_naive_fp32" in row else "")
     return (f"step B={row['batch']:<5} {row['dtype']}: fast {throughput['fast']:.1f}"
             f" seq/s, naive {throughput['naive']:.1f} seq/s, speed-up "
             f"{row['speedup']:.2f}x (fastest calls {row['speedup_fastest']:.2f}x, "
-            f"{row['pairs']} pairs){memory}")
+            f"{row['rounds']} rounds){against_fp32}{memory}")
 
 
 def _loss_line(row: dict) -> str:
@@ -470,22 +543,24 @@ def _loss_line(row: dict) -> str:
               f" ({_ratio(row):.0f}x less)" if "fast_extra_mib" in row else "")
     return (f"loss B={row['batch']:<5}: fast {1e3 * row['fast_seconds']:.2f} ms, naive "
             f"{1e3 * row['naive_seconds']:.1f} ms, speed-up {row['speedup']:.0f}x "
-            f"(fastest calls {row['speedup_fastest']:.0f}x, {row['pairs']} pairs){memory}")
+            f"(fastest calls {row['speedup_fastest']:.0f}x, {row['rounds']} rounds){memory}")
 
 
 def markdown(report: dict) -> str:
     """The figures as the markdown tables of benchmarks/README.md."""
-    lines = ["| step | B | dtype | fast seq/s | naive seq/s | speed-up (median of pairs) "
-             "| speed-up (fastest calls) | fast extra MiB | naive extra MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| step | B | dtype | fast seq/s | naive seq/s | speed-up (median of rounds) "
+             "| speed-up (fastest calls) | fast vs naive fp32 | fast extra MiB "
+             "| naive extra MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["steps"]:
+        against_fp32 = row.get("speedup_vs_naive_fp32", row["speedup"])
         lines.append(f"| train step | {row['batch']} | {row['dtype']} | "
                      f"{row['batch'] / row['fast_seconds']:.1f} | "
                      f"{row['batch'] / row['naive_seconds']:.1f} | {row['speedup']:.2f}× | "
-                     f"{row['speedup_fastest']:.2f}× | "
+                     f"{row['speedup_fastest']:.2f}× | {against_fp32:.2f}× | "
                      f"{row.get('fast_extra_mib', float('nan')):.0f} | "
                      f"{row.get('naive_extra_mib', float('nan')):.0f} |")
-    lines += ["", "| loss (fwd+bwd) | B | fast ms | naive ms | speed-up (median of pairs) "
+    lines += ["", "| loss (fwd+bwd) | B | fast ms | naive ms | speed-up (median of rounds) "
               "| speed-up (fastest calls) | fast extra MiB | naive extra MiB | memory ratio |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in report["losses"]:
@@ -503,8 +578,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--rounds", type=int,
+                        help="timed rounds of every step and loss timing (default: per size)")
+    parser.add_argument("--steps-only", action="store_true", help="skip the loss tables")
+    parser.add_argument("--step-batches", type=int, nargs="+",
+                        help="batch sizes of the step timing (default: per size)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time calls by this thread's CPU time (needs --threads 1): other "
+                             "jobs on a shared machine then cost nothing but cache")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile tune_p7's B=64 fp32 step: its largest ops")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one subprocess
     args = parser.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time counts one thread's time only; add --threads 1.")
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         probe = json.loads(args.memory_probe)
@@ -514,7 +601,25 @@ def main(argv: list[str] | None = None) -> int:
                                       probe["batch_size"], probe["bf16"])))
         return 0
     sizes_name = "quick" if args.quick else "full"
-    report = run(QUICK if args.quick else FULL, sizes_name, args.threads, args.no_memory)
+    sizes = QUICK if args.quick else FULL
+    if args.step_batches:
+        sizes = dataclasses.replace(sizes, step_batches=tuple(args.step_batches), step_repeats={
+            b: sizes.step_repeats.get(b, (1, 3)) for b in args.step_batches})
+    if args.rounds:
+        sizes = dataclasses.replace(
+            sizes, step_repeats={b: (w, args.rounds) for b, (w, _) in sizes.step_repeats.items()},
+            loss_repeats={b: (w, args.rounds) for b, (w, _) in sizes.loss_repeats.items()})
+    if args.profile:
+        shares = profile_step(sizes, 64 if not args.quick else 16, bf16=False)
+        print(f"tune_p7 step, B=64 fp32, {args.threads} threads: share of aten self CPU time")
+        matmul = sum(share for op, share in shares if op in ("aten::mm", "aten::addmm",
+                                                             "aten::bmm"))
+        print(f"  matmuls (mm, addmm, bmm) {100 * matmul:.1f}%")
+        for op, share in shares[:12]:
+            print(f"  {op:<32} {100 * share:5.1f}%")
+        return 0
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    report = run(sizes, sizes_name, args.threads, args.no_memory, args.steps_only, clock)
     print("\n" + markdown(report))
     if args.json:
         with open(args.json, "w") as out:

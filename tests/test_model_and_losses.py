@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tune_p7.losses import LossConfig, gate_weights, info_nce, p7_loss
+from tune_p7.losses import LossConfig, gate_weights, info_nce, p7_loss, teacher_pull
 from tune_p7.model import ModelConfig, Ranker
-from tune_p7.train import resolve_device
+from tune_p7.devices import resolve_device
 
 
 def unit(*shape, seed=0):
@@ -69,6 +69,16 @@ def test_gate_weights_are_per_sample_from_the_forward_signal():
     targets = torch.stack([last, -last])
     weights = gate_weights(contexts, targets, config)
     assert weights.tolist() == [1.0, 0.25]
+
+
+def test_teacher_pull_is_the_mean_over_far_samples_and_zero_when_none_is_far():
+    cos_next = torch.tensor([0.1, 0.5, -0.3, 0.9], requires_grad=True)
+    pulled = teacher_pull(cos_next, threshold=0.2)
+    assert pulled.item() == pytest.approx(((1 - 0.1) + (1 + 0.3)) / 2)
+    pulled.backward()
+    assert cos_next.grad.tolist() == [-0.5, 0.0, -0.5, 0.0]  # only the far ones are pulled
+    near = teacher_pull(torch.tensor([0.5, 0.9], requires_grad=True), threshold=0.2)
+    assert near.item() == 0.0 and near.requires_grad
 
 
 def test_infonce_never_builds_a_batch_by_batch_by_dim_tensor_nor_calls_bmm():

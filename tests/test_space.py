@@ -16,6 +16,7 @@ from optuna.distributions import (CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
 from tune_p7 import sweep
+from tune_p7.config import TrainConfig
 from tune_p7.space import (DEFAULT_SPACE, Choices, FloatRange, IntRange, SpaceError,
                            from_spec, load_space, observed_param, searched_lambda_range,
                            typed_settings)
@@ -104,6 +105,15 @@ def test_wrong_type_is_refused(write_space):
     path = write_space(_set(["fixed", "lr"], "fast"))
     with pytest.raises(SpaceError, match=r"key 'fixed.lr' must be float, not 'fast'"):
         load_space(path)
+
+
+def test_bf16_reads_the_booleans_of_older_files_and_refuses_other_words(write_space):
+    cells = load_space(write_space(_set(["fixed", "bf16"], True))).cell_configs("quick")
+    settings = {k: v for k, v in cells[0].items() if k not in ("phase", "cell")}
+    assert TrainConfig.from_dict(settings).bf16 == "on"
+    with pytest.raises(SpaceError, match=r"bf16 must be one of auto, on, off \(or a boolean\), "
+                                         r"not 'fast'"):
+        load_space(write_space(_set(["fixed", "bf16"], "fast")))
 
 
 def test_grace_period_within_the_warm_up_is_refused(write_space):

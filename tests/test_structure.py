@@ -51,6 +51,8 @@ def test_no_module_imports_one_that_imports_it_back():
 @pytest.mark.parametrize("module, absent", [
     ("tune_p7.train", "ray"),      # one training run needs no Ray (DESIGN.md)
     ("tune_p7.devices", "ray"),    # GPU machines may lack Ray
+    ("tune_p7.train", "optuna"),   # ... nor Optuna or pandas: the GPU check imports it alone
+    ("tune_p7.train", "pandas"),
     ("tune_p7.metrics", "ray"),
     ("tune_p7.results", "torch"),  # reading a sweep folder needs no torch
     ("tune_p7.folder", "torch"),

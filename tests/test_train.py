@@ -1,5 +1,6 @@
 """One training run: learning, λ, honest train Δ, seeds, resume, divergence, the CLI."""
 
+import io
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 
 from tune_p7.data import BatchSource, device_table, load_dataset
 from tune_p7.metrics import copy_last, context_mean, evaluate
-from tune_p7.train import TrainConfig, TrainingDiverged, load_model, main, train
+from tune_p7.devices import bf16_is_fast, uses_bf16
+from tune_p7.train import Run, TrainConfig, TrainingDiverged, load_model, main, train
 
 TINY = dict(d_model=32, layers=2, heads=4, threads=1, eval_batch_size=512)
 
@@ -53,14 +55,63 @@ def test_gate_weight_is_not_stuck_at_the_low_weight(small_synthetic):
 
 def test_same_seed_same_run_and_resume_continues_exactly(small_synthetic):
     config = TrainConfig(epochs=2, **TINY)
-    states = []
-    straight = train(config, small_synthetic, on_epoch=lambda m, s: states.append(s)).history
+    states, saved = [], []
+
+    def keep(metrics, state):
+        states.append(state)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # as a checkpoint file holds it
+        saved.append(buffer.getvalue())
+
+    straight = train(config, small_synthetic, on_epoch=keep).history
     again = train(config, small_synthetic).history
+    reloaded = train(config, small_synthetic, resume_state=torch.load(
+        io.BytesIO(saved[0]), weights_only=True)).history
     resumed = train(config, small_synthetic, resume_state=states[0]).history
     strip = lambda rows: [{k: v for k, v in r.items()  # noqa: E731
                            if k not in ("seconds", "sequences_per_second")} for r in rows]
     assert strip(again) == strip(straight)
+    assert strip(reloaded) == strip(straight)
     assert strip(resumed) == strip(straight)
+
+
+def test_the_optimizer_is_fused_adamw_with_lambda_undecayed_on_cpu(small_synthetic):
+    optimizer = Run(TrainConfig(**TINY), small_synthetic).optimizer
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [1e-4, 0.0]
+    assert optimizer.param_groups[1]["params"][0].shape == ()  # lambda alone
+
+
+INTEL_AMX = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+INTEL_NO_AMX = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_fp16\n"
+AMD_ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx512f avx512_bf16\n"
+OLD_CPU = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 fma\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd bf16 sve\n"  # no x86 flags line
+
+
+@pytest.mark.parametrize("cpuinfo, fast", [
+    (INTEL_AMX, True), (AMD_ZEN4, True),
+    (INTEL_NO_AMX, False),  # avx512_bf16 without AMX: bf16 matmuls measured slower than fp32
+    (OLD_CPU, False), (ARM, False), ("", False),
+])
+def test_bf16_auto_follows_the_cpu_flags(cpuinfo, fast):
+    cpu = torch.device("cpu")
+    assert bf16_is_fast(cpu, cpuinfo) is fast
+    # Two processors listed: the first one's fields decide (they are all the same).
+    assert bf16_is_fast(cpu, cpuinfo + "\n" + OLD_CPU) is fast
+
+
+def test_bf16_settings_resolve_on_off_and_auto_and_read_old_booleans():
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert uses_bf16("on", cpu) and not uses_bf16("off", cpu)
+    assert uses_bf16("auto", cpu) is bf16_is_fast(cpu)
+    assert not bf16_is_fast(mps) and not uses_bf16("auto", mps)
+    assert TrainConfig().bf16 == "auto"
+    assert TrainConfig(bf16=True).bf16 == "on" and TrainConfig(bf16=False).bf16 == "off"
+    assert TrainConfig.from_dict({"bf16": True}).bf16 == "on"
+    with pytest.raises(ValueError, match=r"bf16 must be one of auto, on, off \(or a boolean\), "
+                                         r"not 'yes'"):
+        TrainConfig(bf16="yes")
 
 
 def test_a_nan_loss_stops_the_run_naming_epoch_and_component(small_synthetic):
@@ -72,7 +123,8 @@ def test_a_nan_loss_stops_the_run_naming_epoch_and_component(small_synthetic):
 def test_cli_round_trip_writes_history_baselines_config_and_a_reloadable_best(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["--data", "synthetic", "--out", str(out), "--epochs", "2", "--context", "7",
-                 "--d-model", "32", "--layers", "1", "--heads", "2", "--threads", "1"])
+                 "--d-model", "32", "--layers", "1", "--heads", "2", "--threads", "1",
+                 "--bf16", "on"])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("epoch ") == 2 and "val Δ" in printed
@@ -80,12 +132,15 @@ def test_cli_round_trip_writes_history_baselines_config_and_a_reloadable_best(tm
     required = ["epoch", "train_loss", "train_loss_rank", "train_loss_margin",
                 "train_loss_teacher", "train_margin", "val_cos_next", "val_cos_prev",
                 "val_margin", "val_cos_anchor", "val_r_at_1", "val_r_at_5", "val_mrr_at_10",
-                "anchor_lambda", "gate_weight_mean", "seconds", "sequences_per_second"]
+                "anchor_lambda", "gate_weight_mean", "seconds", "sequences_per_second",
+                "bf16_resolved"]
     assert set(required) <= set(history.columns) and list(history["epoch"]) == [1, 2]
+    assert history["bf16_resolved"].tolist() == [True, True]
     baselines = json.loads((out / "baselines.json").read_text())
     assert {"copy_last", "context_mean", "orth_mean"} <= set(baselines)
     assert baselines["copy_last"]["val_cos_prev"] == pytest.approx(1.0)
-    assert json.loads((out / "config.json").read_text())["context"] == 7
+    written = json.loads((out / "config.json").read_text())
+    assert written["context"] == 7 and (written["bf16"], written["bf16_resolved"]) == ("on", True)
     saved = torch.load(out / "best.pt", weights_only=True)
     assert saved["val_margin"] == pytest.approx(history["val_margin"].max())
     model = load_model(out / "best.pt")
@@ -98,6 +153,18 @@ def test_bad_settings_exit_2_before_anything_is_written(tmp_path, capsys):
     assert main(["--data", "synthetic", "--out", str(out), "--anchor-lambda", "0.95"]) == 2
     assert "outside its learnable range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_bf16_takes_auto_on_off_and_says_what_auto_means(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", "synthetic", "--out", str(tmp_path / "run"), "--bf16", "yes"])
+    assert refused.value.code == 2 and "invalid choice: 'yes'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "auto = on where the device multiplies bf16 fast" in help_text
+    assert "recorded as bf16_resolved" in help_text
 
 
 def test_divergence_survives_pickling_as_ray_sends_it():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+BF16_SETTINGS = ("auto", "on", "off")  # TrainConfig.bf16
+
 
 @dataclass
 class TrainConfig:
@@ -53,7 +55,8 @@ class TrainConfig:
     # execution
     device: str = "auto"          # "auto" = cuda > mps > cpu, or a torch device string
     threads: int = 0              # torch CPU threads; 0 keeps torch's default
-    bf16: bool = False            # bfloat16 autocast for the model's forward pass
+    bf16: str = "auto"            # bf16 autocast of the forward pass: "auto" (where the device
+                                  # multiplies bf16 fast, see devices.bf16_is_fast), "on", "off"
     eval_batch_size: int = 1024
     train_eval_windows: int = 4096  # train-split margin measured on this many windows (0: all)
     max_val_windows: int = 20000  # validation windows per evaluation, evenly spaced (0: all)
@@ -73,6 +76,7 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, not {self.temperature}.")
         if not 0 <= self.anchor_lambda <= 1:
             raise ValueError(f"anchor_lambda must lie in [0, 1], not {self.anchor_lambda}.")
+        self.bf16 = bf16_setting(self.bf16)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -93,6 +97,16 @@ class TrainConfig:
     def loss_config(self) -> LossConfig:
         names = {field.name for field in dataclasses.fields(LossConfig)}
         return LossConfig(**{name: getattr(self, name) for name in names})
+
+
+def bf16_setting(value) -> str:
+    """"auto" | "on" | "off" from a setting; booleans of older configs read True -> "on"."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in BF16_SETTINGS:
+        raise ValueError(f"bf16 must be one of {', '.join(BF16_SETTINGS)} (or a boolean), "
+                         f"not {value!r}.")
+    return value
 
 
 @dataclass

@@ -8,12 +8,14 @@ A device that torch cannot use here (``cuda`` on a CPU build, ``cuda:N`` past th
 ``mps`` off a Mac, a malformed string) fails on its first tensor with a traceback, and in a
 sweep every trial would fail that way and be retried; here it is one sentence instead, raised
 as DeviceError (a ValueError) by the train CLI, the sweep and confirm before they start, and
-by a trial that is given one anyway. Imports torch only (GPU machines may lack Ray).
+by a trial that is given one anyway. Also whether bf16 autocast pays on a device
+(bf16_is_fast, uses_bf16). Imports torch only (GPU machines may lack Ray).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -92,3 +94,36 @@ def trial_device(name: str, gpus_per_trial: float, on_cluster: bool) -> str:
     else:
         resolve_device(name)
     return name
+
+
+def bf16_is_fast(device: torch.device, cpuinfo: str | None = None) -> bool:
+    """True where the device multiplies bfloat16 faster than float32, so autocast pays.
+
+    CUDA: compute capability >= 8.0 (Ampere on: bf16 tensor cores). CPU: AMX (flag amx_bf16),
+    or avx512_bf16 on AMD. Measured (benchmarks/README.md, "bf16 on CPUs"): the bf16 step
+    ran 2.2x the fp32 one on an AMD EPYC with avx512_bf16, but bf16 matmuls ran at about
+    half the fp32 speed on an Intel Xeon that shows avx512_bf16 without AMX, so that flag
+    alone does not mean fast. cpuinfo: the text of /proc/cpuinfo (read when None; no such
+    file, e.g. not Linux: False). Any other device (mps, ...): False.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type != "cpu":
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    first = {}  # the first processor's fields (every processor lists the same flags)
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    flags = set(first.get("flags", "").split())
+    amd = first.get("vendor_id") == "AuthenticAMD"
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and amd)
+
+
+def uses_bf16(setting: str, device: torch.device) -> bool:
+    """The resolved bf16 setting ("auto" | "on" | "off") of a run on ``device``."""
+    return setting == "on" or (setting == "auto" and bf16_is_fast(device))

@@ -82,18 +82,20 @@ def _masked_scores(predictions, candidates, targets):
     return scores.masked_fill(same, float("-inf"))
 
 
-def prev_repel_hinge(predictions, targets, previous, margin: float) -> torch.Tensor:
-    """Per-sample hinge (B,) = max(0, m - cos(p, next) + cos(p, prev))."""
-    return F.relu(margin - (predictions * targets).sum(-1) + (predictions * previous).sum(-1))
+def prev_repel_hinge(cos_next: torch.Tensor, cos_prev: torch.Tensor,
+                     margin: float) -> torch.Tensor:
+    """Per-sample hinge (B,) = max(0, m - cos(p, next) + cos(p, prev)) from the cosines (B,)."""
+    return F.relu(margin - cos_next + cos_prev)
 
 
-def teacher_pull(predictions, targets, threshold: float) -> torch.Tensor:
-    """mean(1 - cos(p, next)) over samples with cos(p, next) < threshold; 0 if none."""
-    cosine = (predictions * targets).sum(-1)
-    far = cosine < threshold
-    if not far.any():
-        return cosine.new_zeros(())
-    return (1 - cosine[far]).mean()
+def teacher_pull(cos_next: torch.Tensor, threshold: float) -> torch.Tensor:
+    """mean(1 - cos(p, next)) over samples with cos(p, next) < threshold; 0 if none.
+
+    cos_next (B,). A masked mean rather than a boolean index or an `if any`: the same value
+    without a device-to-host sync in every training step.
+    """
+    far = (cos_next < threshold).to(cos_next.dtype)
+    return ((1 - cos_next) * far).sum() / far.sum().clamp(min=1)
 
 
 def p7_loss(predictions: torch.Tensor, contexts: torch.Tensor, targets: torch.Tensor,
@@ -106,9 +108,10 @@ def p7_loss(predictions: torch.Tensor, contexts: torch.Tensor, targets: torch.Te
     previous = contexts[:, -1]
     weights = gate_weights(contexts, targets, config)
     rank = info_nce(predictions, targets, previous, hard_negatives, config.temperature)
-    hinge = prev_repel_hinge(predictions, targets, previous, config.margin)
+    cos_next = (predictions * targets).sum(-1)                       # (B,)
+    hinge = prev_repel_hinge(cos_next, (predictions * previous).sum(-1), config.margin)
     weighted = lambda values: (weights * values).mean() / weights.mean()  # noqa: E731
-    teacher = (teacher_pull(predictions, targets, config.teacher_threshold)
+    teacher = (teacher_pull(cos_next, config.teacher_threshold)
                if epoch < config.warmup_epochs else predictions.new_zeros(()))
     total = (weighted(config.weight_rank * rank + config.weight_margin * hinge)
              + config.weight_teacher * teacher)

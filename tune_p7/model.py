@@ -40,9 +40,16 @@ class Block(nn.Module):
         projection and MLP are computed for that position alone; keys/values use all T.
         """
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm_attention(x)).split(width, dim=2)
+        normed = self.norm_attention(x)
         if last_only:
-            q, x = q[:, -1:], x[:, -1:]
+            # The query rows of the qkv weight applied to the last position only.
+            weight_q, weight_kv = self.qkv.weight.split((width, 2 * width))
+            bias_q, bias_kv = self.qkv.bias.split((width, 2 * width))
+            q = F.linear(normed[:, -1:], weight_q, bias_q)                  # (B, 1, W)
+            k, v = F.linear(normed, weight_kv, bias_kv).split(width, dim=2)  # (B, T, W) each
+            x = x[:, -1:]
+        else:
+            q, k, v = self.qkv(normed).split(width, dim=2)                  # (B, T, W) each
         heads = lambda t: t.reshape(batch, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
         attended = F.scaled_dot_product_attention(  # (B, nh, T_q, hs)
             heads(q), heads(k), heads(v), dropout_p=self.dropout if self.training else 0.0)

@@ -41,6 +41,8 @@ BUDGET_FIELDS = {"epochs": ("the trial budget (ASHA's max_t)", "--epochs"),
                  "max_val_windows": ("the validation windows every trial is compared on",
                                      "--max-val-windows")}
 FIELD_TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
+# Values a file may give besides the declared type: older files' bf16 true/false (on/off).
+ALSO_READ: dict[str, tuple] = {"bf16": (str, bool)}
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # cell and profile names
 
 
@@ -384,7 +386,7 @@ def _settings(mapping, name: str, prefix: str) -> dict:
         if key in COMMAND_LINE_FIELDS:
             raise SpaceError(f"{name}: key '{prefix}.{key}' is set on the command line "
                              f"({COMMAND_LINE_FIELDS[key]}); remove it from the file.")
-        _check_type(value, FIELD_TYPES[key], name, f"{prefix}.{key}")
+        _check_type(value, ALSO_READ.get(key, FIELD_TYPES[key]), name, f"{prefix}.{key}")
     return dict(mapping)
 
 
@@ -397,8 +399,10 @@ def _check_type(value, expected: type, name: str, key: str) -> None:
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise SpaceError(f"{name}: key '{key}' must be {expected.__name__}, not "
-                         f"{value!r}; fix the value.")
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        raise SpaceError(f"{name}: key '{key}' must be "
+                         f"{' or '.join(kind.__name__ for kind in kinds)}, not {value!r}; "
+                         f"fix the value.")
 
 
 def _cells(mapping, name: str) -> dict[str, dict]:

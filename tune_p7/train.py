@@ -8,6 +8,8 @@ from exactly (model, optimizer, epoch, RNG). The Ray trainable is a thin wrapper
 
 CLI: ``python -m tune_p7.train --data PATH|default|synthetic --context 5 ... --out DIR``
 writes DIR/history.parquet, DIR/baselines.json, DIR/config.json and DIR/best.pt.
+``--bf16 auto`` (the default) autocasts to bfloat16 only where the device multiplies it
+fast (``bf16_is_fast``); what was used is ``bf16_resolved`` in config.json and the history.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Callable
 
 import torch
 
-from tune_p7.config import TrainConfig
+from tune_p7.config import BF16_SETTINGS, TrainConfig
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
-from tune_p7.devices import resolve_device
-from tune_p7.losses import p7_loss
+from tune_p7.devices import resolve_device, uses_bf16
+from tune_p7.losses import LossConfig, LossParts, p7_loss
 from tune_p7.files import atomic_path, write_json
 from tune_p7.metrics import evaluate, reference_metrics
 from tune_p7.model import Ranker
@@ -35,6 +37,7 @@ from tune_p7.progress import progress_printer
 
 EpochCallback = Callable[[dict, dict], None]
 LOSS_COMPONENTS = ("loss", "loss_rank", "loss_margin", "loss_teacher")
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # device types with torch's fused AdamW (torch >= 2.4)
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,6 +68,7 @@ class Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
+        self.bf16 = uses_bf16(config.bf16, self.device)
         table = device_table(dataset.vectors, self.device)
         train_windows = dataset.windows(config.context, "train")
         self.train_source = BatchSource(train_windows, table)
@@ -104,33 +108,35 @@ class Run:
 
     def train_epoch(self) -> dict:
         """One epoch: config.epoch_windows training windows (0: all) in a seeded random order,
-        a fresh subset each epoch; sample-weighted loss means."""
+        a fresh subset each epoch; sample-weighted loss means.
+
+        Nothing here waits for the device: the loss sums stay on it until the epoch ends.
+        """
         config, source = self.config, self.train_source
         self.model.train()
         sums = torch.zeros(len(LOSS_COMPONENTS) + 1, device=self.device)  # + gate weight
         order = torch.randperm(len(source), generator=self.generator)
-        order = order[:config.epoch_windows or None].to(self.device)
+        order = order[:config.epoch_windows or None]
+        # The epoch's hard-negative draws in one call (the same numbers as per-batch calls)
+        # and one copy to the device, instead of a copy (and a device sync) per batch.
+        draws = torch.rand(len(order), config.hard_negatives, generator=self.generator)
+        order, draws = order.to(self.device), draws.to(self.device)
         started = time.perf_counter()
-        for batch in order.split(config.batch_size):
+        batches = zip(order.split(config.batch_size), draws.split(config.batch_size))
+        for batch, uniform in batches:
             contexts, targets = source.batch(batch)
-            negatives = source.hard_negatives(batch, config.hard_negatives, self.generator)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                predictions = self.model(contexts)
-            parts = p7_loss(predictions, contexts, targets, negatives, self.epoch,
-                            self.loss_config)
-            self.optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.model.project_lambda()
+            negatives = source.hard_negatives(batch, uniform)
+            parts = training_step(self.model, self.optimizer, contexts, targets, negatives,
+                                  self.epoch, self.loss_config, config.grad_clip, self.bf16)
             values = [value.detach() for _, value in parts.items()] + [parts.gate_weight_mean]
             sums += torch.stack(values) * len(batch)
+        means = (sums / len(order)).tolist()  # the epoch's one sync: the clock stops after it
         train_seconds = time.perf_counter() - started
-        means = (sums / len(order)).tolist()
         metrics = {f"train_{name}": value for name, value in zip(LOSS_COMPONENTS, means)}
         self._check_finite(metrics)
         metrics.update(gate_weight_mean=means[-1], train_windows=len(order),
-                       sequences_per_second=len(order) / train_seconds)
+                       sequences_per_second=len(order) / train_seconds,
+                       bf16_resolved=self.bf16)
         return metrics
 
     def _check_finite(self, metrics: dict) -> None:
@@ -179,13 +185,40 @@ def train(config: TrainConfig, dataset: Dataset, on_epoch: EpochCallback | None 
     return TrainResult(run.history, run.model, run.device)
 
 
+def training_step(model: Ranker, optimizer: torch.optim.Optimizer, contexts: torch.Tensor,
+                  targets: torch.Tensor, negatives: torch.Tensor | None, epoch: int,
+                  loss_config: LossConfig, grad_clip: float, bf16: bool) -> LossParts:
+    """One optimisation step on one batch; returns its loss parts (device tensors, no sync).
+
+    contexts (B, K, D), targets (B, D), negatives (B, H, D) or None: unit rows, float32.
+    bf16: autocast the model's forward pass to bfloat16 (the loss stays float32).
+    """
+    with torch.autocast(contexts.device.type, dtype=torch.bfloat16, enabled=bf16):
+        predictions = model(contexts)
+    parts = p7_loss(predictions, contexts, targets, negatives, epoch, loss_config)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    model.project_lambda()
+    return parts
+
+
 def _optimizer(model: Ranker, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; lambda is excluded from weight decay, which would pull it towards 0."""
+    """AdamW; lambda is excluded from weight decay, which would pull it towards 0.
+
+    The fused kernel (one pass over each tensor) on CPU and CUDA, which torch has since 2.4
+    (our floor), else the multi-tensor one: the same update with a fraction of the memory
+    traffic (torch's default per-tensor loop on CPU took a fifth of a step there,
+    benchmarks/README.md).
+    """
     decayed = [p for name, p in model.named_parameters() if name != "anchor_lambda"]
     groups = [{"params": decayed, "weight_decay": config.weight_decay}]
     if isinstance(model.anchor_lambda, torch.nn.Parameter):
         groups.append({"params": [model.anchor_lambda], "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=config.lr)
+    device = model.anchor_lambda.device.type
+    kernel = {"fused": True} if device in FUSED_ADAMW_DEVICES else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.lr, **kernel)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> Ranker:
@@ -215,13 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BF16_HELP = ("bfloat16 autocast of the forward pass (default: %(default)s). auto = on where "
+             "the device multiplies bf16 fast: CUDA compute capability >= 8.0, CPUs with AMX, "
+             "AMD CPUs with avx512_bf16; off elsewhere (mps included). The choice is recorded "
+             "as bf16_resolved in config.json and in every epoch of the history.")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None):
     """One --flag per TrainConfig field (booleans as --x/--no-x)."""
     defaults = defaults or TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        if isinstance(default, bool):
+        if field.name == "bf16":
+            parser.add_argument(flag, choices=BF16_SETTINGS, default=default, help=BF16_HELP)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
@@ -245,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**config.to_dict(), "data": str(args.data),
-                                     "val_data": args.val_data,
+    bf16 = uses_bf16(config.bf16, resolve_device(config.device))
+    write_json(out / "config.json", {**config.to_dict(), "bf16_resolved": bf16,
+                                     "data": str(args.data), "val_data": args.val_data,
                                      "val_fraction": args.val_fraction,
                                      "split_seed": args.split_seed})
     print(describe_windows(config, dataset), flush=True)

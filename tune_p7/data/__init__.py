@@ -470,17 +470,17 @@ class BatchSource:
         vectors = self.rows(window_rows)
         return vectors[:, :-1], vectors[:, -1]
 
-    def hard_negatives(self, positions: torch.Tensor, count: int,
-                       generator: torch.Generator) -> torch.Tensor | None:
-        """(B, count, D) random chunks of each window's own document, never its target.
+    def hard_negatives(self, positions: torch.Tensor,
+                       uniform: torch.Tensor) -> torch.Tensor | None:
+        """(B, H, D) random chunks of each window's own document, never its target.
 
-        None when documents are unknown or count is 0. generator: a CPU torch.Generator.
+        uniform: (B, H) draws in [0, 1) on the table's device, one per negative (the caller
+        draws them, e.g. a whole epoch's at once). None when documents are unknown or H is 0.
         """
-        if count == 0 or self.doc_start is None:
+        if uniform.shape[1] == 0 or self.doc_start is None:
             return None
         start, end = self.doc_start[positions], self.doc_end[positions]
         target = self.starts[positions] + self.windows.context
-        uniform = torch.rand(len(positions), count, generator=generator).to(start.device)
         # Draw from the document's other rows, then step over the target row.
         rows = start[:, None] + (uniform * (end - start - 1)[:, None]).long()
         rows = rows + (rows >= target[:, None]).long()

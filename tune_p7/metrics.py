@@ -120,33 +120,35 @@ def _rank_scores(ranks: torch.Tensor, prefix: str) -> dict:
 def _in_document_ranks(predictions, targets, positions, source: BatchSource) -> torch.Tensor:
     """1-based rank (B,) of each target among all chunks of its own document.
 
-    The candidates are the rows of the documents the batch's windows belong to (each
-    document once, however far apart in the table), scored in blocks of CANDIDATE_CHUNK
-    rows; a row counts only against the windows of its own document.
+    Per document, not per span: the batch's windows are grouped by document, and each group
+    is scored (one batched matmul) against its own document's rows only, however far apart
+    the documents lie in the table, in blocks of about CANDIDATE_CHUNK rows.
     """
     doc_start, doc_end = source.doc_start[positions], source.doc_end[positions]
     starts, window_document = torch.unique(doc_start, return_inverse=True)   # (U,), (B,)
-    ends = torch.empty_like(starts).scatter_(0, window_document, doc_end)
-    rows, row_document = _document_rows(starts, ends)                        # (R,), (R,)
+    lengths = torch.empty_like(starts).scatter_(0, window_document, doc_end) - starts
+    # Slot of each window inside its document's group of queries: (U, W, D) queries.
+    counts = torch.bincount(window_document, minlength=len(starts))
+    grouped = torch.argsort(window_document, stable=True)
+    slot = torch.empty_like(window_document)
+    slot[grouped] = torch.arange(len(grouped), device=slot.device) - (
+        torch.cumsum(counts, 0) - counts)[window_document[grouped]]
+    queries = predictions.new_zeros(len(starts), int(counts.max()), predictions.shape[1])
+    queries[window_document, slot] = predictions
     own = (predictions * targets).sum(-1)
     target_row = source.starts[positions] + source.windows.context
     beaten = torch.zeros(len(predictions), dtype=torch.long, device=predictions.device)
-    for block in range(0, len(rows), CANDIDATE_CHUNK):
-        candidates = rows[block:block + CANDIDATE_CHUNK]
-        scores = predictions @ source.rows(candidates).T                     # (B, C)
-        eligible = ((row_document[block:block + CANDIDATE_CHUNK] == window_document[:, None])
-                    & (candidates != target_row[:, None]))
-        beaten += ((scores > own[:, None] + TIE_TOLERANCE) & eligible).sum(-1)
+    width = max(1, CANDIDATE_CHUNK // len(starts))  # rows per document and block
+    for first in range(0, int(lengths.max()), width):
+        offsets = torch.arange(first, min(first + width, int(lengths.max())),
+                               device=starts.device)
+        inside = offsets < lengths[:, None]                                   # (U, C)
+        rows = torch.where(inside, starts[:, None] + offsets, starts[:, None])
+        scores = torch.bmm(queries, source.rows(rows).transpose(1, 2))        # (U, W, C)
+        window_scores = scores[window_document, slot]                         # (B, C)
+        eligible = inside[window_document] & (rows[window_document] != target_row[:, None])
+        beaten += ((window_scores > own[:, None] + TIE_TOLERANCE) & eligible).sum(-1)
     return beaten + 1
-
-
-def _document_rows(starts: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All rows of documents [starts[i], ends[i]) and the document index i of each row."""
-    lengths = ends - starts
-    document = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
-    first_of_document = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    rows = starts[document] + torch.arange(len(document), device=starts.device) - first_of_document
-    return rows, document
 
 
 def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) -> torch.Tensor:

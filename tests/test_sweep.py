@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from optuna import load_study
+from optuna.trial import TrialState
 
 from conftest import TINY_SPACE
 from tune_p7.data import make_synthetic
@@ -120,7 +122,11 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
     assert "top 5 by best val_margin" in done.stdout
-    assert "TPE learns from 3 cells" in done.stdout
+    # Cells and Optuna trials are one experiment, and every trial is in the live study.
+    assert set(trials.experiment) == {"sweep"}
+    study = load_study(study_name="smoke", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {trial.user_attrs["cell"] or trial.number: trial.state for trial in study.trials}
+    assert len(states) == len(trials) and states["diverging"] == TrialState.FAIL
     # The data's short form comes before the first trial, with the trivial predictors.
     assert done.stdout.index("forward signal") < done.stdout.index("epoch 1/")
     assert "K=7:" in done.stdout and "orth_mean Δ" in done.stdout

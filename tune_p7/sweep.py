@@ -1,20 +1,18 @@
 """``python -m tune_p7.sweep``: the four baseline cells plus an Optuna (TPE) extension under ASHA.
 
-One command, one sweep folder (docs/sweep-folder.md), one set of DataFrames. The sweep runs
-two Ray Tune experiments in that folder, one after the other:
+One command, one sweep folder (docs/sweep-folder.md), one set of DataFrames. The sweep is
+one Ray Tune experiment in that folder, ``ray/sweep``: first the search space's cells at full
+budget (never stopped early), labelled phase="baseline", cell=<name>; then TPE trials over
+the space's ranges (phase="optuna") under asynchronous successive halving on val_margin
+(mode max, max_t = epochs). There is no barrier between the two: an Optuna trial starts as
+soon as a slot is free, and TPE (tune_p7.searcher) and the rungs (tune_p7.scheduler) learn
+from each cell as it reports. Every trial is a trial of the live Optuna study in optuna.db.
 
-1. ``ray/baseline``: the search space's cells at full budget (FIFO, no early stopping),
-   labelled phase="baseline", cell=<name>;
-2. ``ray/optuna``: TPE over the space's ranges (margin, temperature, lambda), warm-started
-   with the final val_margin of every cell that differs from an Optuna trial only in the
-   searched settings, under asynchronous successive halving on val_margin (mode max,
-   max_t = epochs) whose rungs are seeded with every cell's values (tune_p7.scheduler).
-
-The dataset is loaded and validated once in the driver and shared with every trial through
-Ray's object store. ``--resume`` (or ``--name`` of an existing sweep) continues both
-experiments with ``Tuner.restore``. ``--dry-run`` prints the plan and starts nothing.
-This module is the plan and the command; the Ray wiring is tune_p7.tuner, the folder's
-files tune_p7.folder, the tables tune_p7.results.
+The dataset is loaded and validated in a thread while Ray starts, once, and shared with every
+trial through Ray's object store. ``--resume`` (or ``--name`` of an existing sweep) continues
+the experiment with ``Tuner.restore``. ``--dry-run`` prints the plan and the time estimate
+and starts nothing. This module is the plan and the command; the Ray wiring is
+tune_p7.tuner, the folder's files tune_p7.folder, the tables tune_p7.results.
 """
 
 from __future__ import annotations
@@ -29,19 +27,25 @@ from pathlib import Path
 
 import pandas as pd
 
+import ray
+
 from tune_p7 import __version__
 from tune_p7.analyze import write_outputs
 from tune_p7.config import TrainConfig
 from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.estimate import estimate_sweep, format_estimate, warm_up
 from tune_p7.folder import SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
 from tune_p7.results import write_tables
 from tune_p7.space import DEFAULT_SPACE, PROFILES, SearchSpace, SpaceError, check_profile, load_space, \
     parse_space
+from tune_p7.study import STUDY_FILE, storage_url
+from tune_p7.trackers import (DEFAULT_TRACKERS, TRACKERS, TrackerError, default_mlflow_uri,
+                              parse_trackers)
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
-                           check_shared_storage, rung_seeds, run_fixed_trials,
-                           run_optuna_trials, start_ray, trial_options, warm_start_points)
+                           check_shared_storage, run_sweep_trials, start_ray,
+                           trial_options)
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dashboard", action="store_true",
                         help="start Ray's dashboard (on 127.0.0.1) for a local sweep")
     parser.add_argument("--seed", type=int, help="seed of every trial and of TPE (default 0)")
+    parser.add_argument("--log-to", metavar="TRACKERS",
+                        help=f"where results go besides the folder, comma-separated: "
+                             f"{', '.join(TRACKERS)} or none (default "
+                             f"{','.join(DEFAULT_TRACKERS)})")
+    parser.add_argument("--mlflow-uri", metavar="URI",
+                        help="MLflow tracking URI for --log-to mlflow (default: a SQLite "
+                             "store in the sweep folder, mlflow.db)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and start nothing")
+                        help="print the plan and the time estimate and start nothing")
     return parser
 
 
@@ -113,15 +124,17 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None)
     given = {name: getattr(args, name) for name in PLAN_ARGUMENTS}
     if saved is not None:
         for name, value in given.items():
-            if value is not None and value != saved["arguments"][name]:
+            if value is not None and value != saved["arguments"].get(name):
                 flag = "--" + name.replace("_", "-")
                 raise SweepError(f"{folder.path} was started with {flag} "
-                                 f"{saved['arguments'][name]}; resume it without {flag} or "
-                                 f"start a new sweep with another --name.")
+                                 f"{saved['arguments'].get(name)}; resume it without {flag} "
+                                 f"or start a new sweep with another --name.")
         return Plan.from_dict(saved)
     arguments = {"space": str(args.space or _shown(DEFAULT_SPACE)), "data": args.data or "default",
                  "profile": args.profile or "quick", "epochs": args.epochs,
-                 "num_samples": args.num_samples, "seed": 0 if args.seed is None else args.seed}
+                 "num_samples": args.num_samples, "seed": 0 if args.seed is None else args.seed,
+                 "log_to": args.log_to or ",".join(DEFAULT_TRACKERS),
+                 "mlflow_uri": args.mlflow_uri}
     space = load_space(arguments["space"])
     profile = space.profiles[arguments["profile"]]
     overrides = {"seed": arguments["seed"]}
@@ -166,21 +179,40 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
                        for name, spec in optuna.params.items())
     asha = optuna.asha
     lines.append(f"  optuna {optuna.trials} TPE trials (K={optuna.context}) over "
-                 f"{ranges}; ASHA on {METRIC} (max) with the cells' values at its rungs, "
-                 f"grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
-                 f"max_t {asha.max_t}")
+                 f"{ranges}, starting as slots free up after the cells; TPE and ASHA on "
+                 f"{METRIC} (max) learn from each cell as it reports; grace "
+                 f"{asha.grace_period}, reduction {asha.reduction_factor:g}, max_t {asha.max_t}")
     lines.append(f"  epochs at most {plan.most_epochs()} ({len(plan.cells)} cells + "
-                 f"{optuna.trials} trials × {epochs}); ASHA stops some Optuna trials earlier")
-    concurrency = options.max_concurrent or (
+                 f"{optuna.trials} trials × {epochs}); at least {plan.budget().fewest()} if "
+                 f"ASHA stops every Optuna trial at its first rung (epoch {asha.first_rung})")
+    slots = options.max_concurrent or (
         "as many as the cluster allows" if address
-        else f"{max(1, (os.cpu_count() or 1) // options.cpus_per_trial)} (this machine's CPUs)")
+        else f"{_local_slots(options)} (this machine's CPUs)")
     where = address or "a local Ray on 127.0.0.1"
     lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU "
-                 f"per trial, concurrency {concurrency}, device {options.device}, worker "
+                 f"per trial, concurrency {slots}, device {options.device}, worker "
                  f"reuse {'on' if options.reuse_actors else 'off'}, on {where}")
     lines.append(f"  results {plan.sweep_dir}/trials.parquet, history.parquet (Ray's "
                  f"files under ray/)")
+    lines += [f"  watch {command}" for command in watch_commands(plan)]
     return "\n".join(lines)
+
+
+def watch_commands(plan: Plan) -> list[str]:
+    """The commands that show the sweep while it runs: the Optuna study, then each tracker."""
+    folder = Path(plan.sweep_dir)
+    trackers = parse_trackers(plan.arguments.get("log_to") or "none")
+    commands = [f"optuna-dashboard {storage_url(folder)}"]
+    if "tensorboard" in trackers:
+        commands.append(f"tensorboard --logdir {folder / 'ray'}")
+    if "mlflow" in trackers:
+        uri = plan.arguments.get("mlflow_uri") or default_mlflow_uri(folder)
+        commands.append(f"mlflow ui --backend-store-uri {uri}")
+    if "wandb" in trackers:
+        commands.append(f"wandb sync {folder / 'wandb'}/offline-run-*   (W&B runs written "
+                        f"offline; online when logged in)")
+    commands.append(f"python -m tune_p7.analyze {folder}   (progress and provisional results)")
+    return commands
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,50 +226,83 @@ def main(argv: list[str] | None = None) -> int:
         saved = folder.read_content() if resuming else None
         plan = make_plan(args, folder, saved)
         options = trial_options(args)
+        trackers = parse_trackers(plan.arguments["log_to"])
         space = (load_space(plan.space_file) if saved is None
                  else parse_space(plan.space, plan.space_file))
-    except (SweepError, SpaceError) as error:
+    except (SweepError, SpaceError, TrackerError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(("resuming " if resuming else "") + format_plan(plan, options, args.address),
           flush=True)
-    if args.dry_run:
-        return 0
     try:
-        dataset = load_dataset(plan.data, split_seed=0)
-        for context in plan.contexts():
-            dataset.check_context(context)
-    except DataError as error:
+        dataset, references = prepare(args, plan, with_tables=not resuming)
+        if args.address:
+            print("  estimate: none for a cluster (its machines, not this one, run the trials)")
+        else:
+            estimate = estimate_sweep(plan, dataset, _local_slots(options),
+                                      options.cpus_per_trial, options.device)
+            print(format_estimate(estimate), flush=True)
+    except (DataError, SweepError) as error:
+        ray.shutdown()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return run_sweep(args, folder, plan, space, dataset, options, resuming)
+    except KeyboardInterrupt:
+        ray.shutdown()
+        print("interrupted before any trial started; nothing was written", file=sys.stderr)
+        return 130
+    if args.dry_run:
+        return 0
+    return run_sweep(args, folder, plan, space, dataset, references, options, trackers,
+                     resuming)
+
+
+def prepare(args, plan: Plan, with_tables: bool) -> tuple[Dataset, dict | None]:
+    """The validated dataset and (with_tables) its reference metrics per K, computed in a
+    thread while Ray starts (not on a dry run), with torch's one-time start-up.
+
+    Loading, checking and the reference metrics take seconds, and Ray's start mostly waits
+    for its processes. Raises DataError (the data) or SweepError (Ray refused).
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(load_data, plan, with_tables and not args.dry_run)
+        if not args.dry_run:
+            start_ray(args.address, args.dashboard)
+        return loading.result()
+
+
+def load_data(plan: Plan, with_tables: bool) -> tuple[Dataset, dict | None]:
+    """The plan's dataset, checked for every K; its {K: reference_metrics} on the validation
+    windows (and global queries) the trials use when ``with_tables``; torch warmed up for
+    the time estimate."""
+    dataset = load_dataset(plan.data, split_seed=0)
+    for context in plan.contexts():
+        dataset.check_context(context)
+    queries = plan.fixed["global_queries"] or None
+    references = ({context: reference_metrics(dataset, context, queries)
+                   for context in plan.contexts()} if with_tables else None)
+    warm_up(dataset.dim, dataset.vectors.dtype)
+    return dataset, references
+
+
+def _local_slots(options: TrialOptions) -> int:
+    """Trials at once on this machine without asking Ray (a dry run)."""
+    return options.max_concurrent or max(1, (os.cpu_count() or 1) // options.cpus_per_trial)
 
 
 def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
-              options: TrialOptions, resuming: bool) -> int:
-    """Write the driver's files, run both experiments, write the tables, print the top.
-
-    The data tables of a new sweep are computed in a thread while Ray starts (both take
-    seconds; Ray's start mostly waits for its processes).
-    """
+              references: dict | None, options: TrialOptions, trackers: tuple[str, ...],
+              resuming: bool) -> int:
+    """Write the driver's files (a new sweep), run the experiment, write the tables, print
+    the top. Ray is started (see prepare)."""
     if not resuming:
         folder.write_plan(plan)
+        folder.write_data_tables(references)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            tables = None if resuming else pool.submit(write_data_tables, folder, dataset, plan)
-            start_ray(args.address, args.dashboard)
-        if tables:
-            tables.result()  # raises what the thread raised
         print(format_data_summary(folder, dataset), flush=True)
         if args.address:
             check_shared_storage(folder.path.parent)
-        grid, interrupted = run_fixed_trials(folder, "baseline", plan.cells, dataset, options)
-        if not interrupted and plan.optuna.trials:
-            warm = warm_start_points(grid, plan, space)
-            print(f"TPE learns from {len(warm)} cells (those differing from an Optuna trial "
-                  f"only in {', '.join(space.params)})", flush=True)
-            _, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm,
-                                               rung_seeds(grid))
+        _, interrupted = run_sweep_trials(folder, plan, space, dataset, options, trackers,
+                                          plan.arguments.get("mlflow_uri"))
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -246,14 +311,6 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
         if folder.holds_sweep():
             folder.set_state("interrupted")
     return finish(folder, interrupted)
-
-
-def write_data_tables(folder: SweepFolder, dataset: Dataset, plan: Plan) -> None:
-    """baselines.parquet and data_signals.parquet for every K the sweep trains on, on the
-    validation windows (and global queries) the trials use."""
-    queries = plan.fixed["global_queries"] or None
-    folder.write_data_tables({context: reference_metrics(dataset, context, queries)
-                              for context in plan.contexts()})
 
 
 def finish(folder: SweepFolder, interrupted: bool) -> int:
@@ -265,9 +322,9 @@ def finish(folder: SweepFolder, interrupted: bool) -> int:
               f"{folder.path.name} --storage-path {folder.path.parent}")
         return 130
     _, written = write_outputs(folder.path)
-    print(f"analysis: {folder.path / 'summary.txt'}, "
-          f"{len(written['plots'])} plots, {folder.path / 'optuna.db'} "
-          f"(python -m tune_p7.analyze {folder.path} for the full report)")
+    print(f"analysis: {folder.path / 'summary.txt'}, {len(written['plots'])} plots, the "
+          f"Optuna study {folder.path / STUDY_FILE} (python -m tune_p7.analyze {folder.path} "
+          f"for the full report)")
     return 0
 
 

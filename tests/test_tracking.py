@@ -262,6 +262,19 @@ def test_a_missing_tracker_package_is_one_sentence_naming_the_extra(tmp_path, mo
     assert not (tmp_path / "x").exists()
 
 
+def test_resuming_a_sweep_of_the_older_two_experiment_layout_is_refused(tmp_path, capsys):
+    from conftest import TINY_SPACE
+    from tune_p7.sweep import main
+
+    (tmp_path / "old" / "ray" / "baseline").mkdir(parents=True)
+    (tmp_path / "old" / "sweep.json").write_text(json.dumps({"arguments": {
+        "space": str(TINY_SPACE)}}))
+    assert main(["--storage-path", str(tmp_path), "--name", "old", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'old'} holds a sweep of an older tune_p7 (ray/baseline, not "
+        f"ray/sweep); analyse it as it is, or start a new sweep with another --name.\n")
+
+
 # ---------------------------------------------------------------------------------------
 # Progress and the estimate
 
@@ -387,3 +400,4 @@ def event_scalars(path: Path) -> list[tuple[int, float]]:
         found += [(event.step, value.simple_value) for value in event.summary.value
                   if value.tag == "ray/tune/val_margin"]
     return found
+

@@ -44,7 +44,7 @@ from tune_p7.study import STUDY_FILE, storage_url
 from tune_p7.trackers import (DEFAULT_TRACKERS, TRACKERS, TrackerError, default_mlflow_uri,
                               parse_trackers)
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
-                           check_shared_storage, run_sweep_trials, start_ray,
+                           check_resumable, check_shared_storage, run_sweep_trials, start_ray,
                            trial_options)
 
 
@@ -198,10 +198,16 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None) -> str:
     return "\n".join(lines)
 
 
+def plan_trackers(plan: Plan) -> tuple[str, ...]:
+    """The plan's --log-to trackers, checked (TrackerError); the default for a sweep.json
+    written before trackers were part of the plan."""
+    return parse_trackers(plan.arguments.get("log_to") or ",".join(DEFAULT_TRACKERS))
+
+
 def watch_commands(plan: Plan) -> list[str]:
     """The commands that show the sweep while it runs: the Optuna study, then each tracker."""
     folder = Path(plan.sweep_dir)
-    trackers = parse_trackers(plan.arguments.get("log_to") or "none")
+    trackers = plan_trackers(plan)
     commands = [f"optuna-dashboard {storage_url(folder)}"]
     if "tensorboard" in trackers:
         commands.append(f"tensorboard --logdir {folder / 'ray'}")
@@ -224,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder, resuming = resolve_sweep_dir(args)
         saved = folder.read_content() if resuming else None
+        if resuming:
+            check_resumable(folder)
         plan = make_plan(args, folder, saved)
         options = trial_options(args)
-        trackers = parse_trackers(plan.arguments["log_to"])
+        trackers = plan_trackers(plan)
         space = (load_space(plan.space_file) if saved is None
                  else parse_space(plan.space, plan.space_file))
     except (SweepError, SpaceError, TrackerError) as error:

@@ -302,6 +302,16 @@ def run_fixed_trials(folder: SweepFolder, experiment: str, configs: list[dict],
     return _fit(folder, tuner, len(configs))
 
 
+def check_resumable(folder: SweepFolder) -> None:
+    """Refuse to resume a sweep folder of the two-experiment layout (ray/baseline and
+    ray/optuna, before the sweep became one experiment): its trials cannot be continued."""
+    older = [name for name in ("baseline", "optuna") if folder.experiment_dir(name).is_dir()]
+    if older and not folder.experiment_dir(SWEEP_EXPERIMENT).is_dir():
+        raise SweepError(f"{folder.path} holds a sweep of an older tune_p7 (ray/"
+                         f"{' and ray/'.join(older)}, not ray/{SWEEP_EXPERIMENT}); analyse it "
+                         f"as it is, or start a new sweep with another --name.")
+
+
 def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
                      options: TrialOptions, trackers: tuple[str, ...] = DEFAULT_TRACKERS,
                      mlflow_uri: str | None = None):

@@ -29,7 +29,7 @@ from tune_p7.config import TrainConfig
 from tune_p7.data import make_synthetic
 from tune_p7.estimate import wall_range
 from tune_p7.plan import EpochBudget
-from tune_p7.progress import TrialCount, format_progress, measure
+from tune_p7.sweep_progress import TrialCount, format_progress, measure
 from tune_p7.study import fail_stale_trials
 
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context"}

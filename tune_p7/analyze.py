@@ -28,7 +28,7 @@ import torch
 from tune_p7 import plots, results, study
 from tune_p7.files import atomic_path, write_json, write_text
 from tune_p7.folder import RAY_FOLDER, SweepFolder, latest_checkpoint
-from tune_p7.progress import format_progress
+from tune_p7.sweep_progress import format_progress
 from tune_p7.verdicts import FLAGS, Criteria
 
 DISPLAY = ("rank", "trial_id", "phase", "cell", "context", "margin", "temperature",

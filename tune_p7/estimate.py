@@ -26,7 +26,7 @@ import torch
 from tune_p7.config import TrainConfig
 from tune_p7.data import Dataset, chunk_dataset
 from tune_p7.plan import Plan
-from tune_p7.progress import format_duration
+from tune_p7.sweep_progress import format_duration
 from tune_p7.train import Run
 
 TIMED_BATCHES = 2        # timed training batches (after one warm-up batch)

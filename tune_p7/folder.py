@@ -88,8 +88,8 @@ class SweepFolder:
         write_json(self.plan_file, content)
 
     def set_progress(self, progress: dict) -> None:
-        """Record the running Tuner's progress (tune_p7.progress.measure's figures) for a
-        reader in another terminal."""
+        """Record the running Tuner's progress (tune_p7.sweep_progress.measure's figures)
+        for a reader in another terminal."""
         write_json(self.plan_file, {**self.read_content(), "progress": progress})
 
     def run_state(self) -> dict:

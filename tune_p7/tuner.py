@@ -35,7 +35,7 @@ from tune_p7.config import TrainConfig
 from tune_p7.data import Dataset
 from tune_p7.folder import SweepFolder, ray_trial_states, read_error, repair_experiment_state
 from tune_p7.plan import EpochBudget, Plan
-from tune_p7.progress import TrialCount, format_progress, measure
+from tune_p7.sweep_progress import TrialCount, format_progress, measure
 from tune_p7.scheduler import SeededASHA
 from tune_p7.searcher import SweepSearch
 from tune_p7.space import SearchSpace
@@ -193,7 +193,7 @@ class EpochPrinter(tune.Callback):
 
     stop_reasons: {trial_id: why the scheduler stopped it} (SeededASHA.stopped), if any.
     budget: the epochs the experiment's trials may run; with it, every ended trial is
-    followed by a progress line (tune_p7.progress), also recorded in the folder's sweep.json.
+    followed by a progress line (tune_p7.sweep_progress), also recorded in sweep.json.
     Times count from the command's start (STARTED), also after a resume.
     """
 

@@ -9,7 +9,8 @@ Each figure runs the real command, ``python -m tune_p7.sweep``, on the quick pro
    wall seconds and trials per hour (target: 2 concurrent >= 1.15x);
 2. the same 2 × 1 run without worker reuse (``--no-reuse-actors``);
 3. a whole quick sweep (2 concurrent): epochs run by the Optuna trials under ASHA vs the same
-   trials at full budget (target <= 50%), and Ray's overhead (target <= 10%).
+   trials at full budget (target <= 50%), Ray's overhead (target <= 10%), and the sweep's
+   own time estimate (``--dry-run``) beside the trial time it estimates.
 
 Overhead, stated honestly: the sweep had ``wall × 2`` slot-seconds (2 trials at once). Of
 these, the trials' own epochs (training + evaluation, ``seconds`` in history.parquet) used
@@ -17,8 +18,8 @@ these, the trials' own epochs (training + evaluation, ``seconds`` in history.par
 ``in trials`` (Ray's time_total_s minus the epochs: trial set-up, checkpoint writing, the
 report round trip to the driver) and ``outside trials`` (slot-seconds with no trial),
 itself split into start-up (command start to the first trial: imports, data tables, Ray's
-start, the first Tuner and its workers), between phases (last cell to first Optuna trial:
-the second Tuner and its workers), end (last trial to the command's end: tables, summary,
+start, the first Tuner and its workers), between phases (last cell to first Optuna trial,
+0 when Optuna trials start while cells still run), end (last trial to the command's end: tables, summary,
 Ray's shutdown), each × 2 slots, and idle slots within the phases (a slot waiting for the
 last trial of a phase, hand-over between trials). Trial start and end come from result.json
 (Ray's integer-second ``timestamp`` minus ``time_total_s``), so the split is good to about a
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,13 +77,14 @@ def run_sweep(out: Path, name: str, data: str, *flags: str,
 
 
 def trial_spans(sweep_dir: Path) -> list[tuple[str, float, float, float]]:
-    """(experiment, start, end, Ray's time_total_s) of every trial that reported."""
+    """(phase, start, end, Ray's time_total_s) of every trial that reported (the phase from
+    its config: cells and Optuna trials may share one experiment)."""
     spans = []
     for path in sweep_dir.glob("ray/*/*/result.json"):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if lines:
             last = lines[-1]
-            spans.append((path.parent.parent.name, last["timestamp"] - last["time_total_s"],
+            spans.append((last["config"]["phase"], last["timestamp"] - last["time_total_s"],
                           last["timestamp"], last["time_total_s"]))
     return spans
 
@@ -132,10 +135,24 @@ def cells_figures(out: Path, data: str, epochs: list[str]) -> None:
     print(f"   reuse: {two_wall:.1f} s; no reuse: {fresh_wall:.1f} s")
 
 
+def estimate_line(out: Path, data: str, flags: list[str], trials: pd.DataFrame,
+                  slots: int = 2) -> str:
+    """The sweep's own --dry-run estimate beside the trial time it estimates (the epochs'
+    seconds spread over the slots)."""
+    done = subprocess.run([sys.executable, "-m", "tune_p7.sweep", "--dry-run", "--data", data,
+                           "--storage-path", str(out), "--name", "estimate", *flags,
+                           "--max-concurrent", str(slots)],
+                          capture_output=True, text=True, cwd=HERE, check=True)
+    estimate = re.search(r"estimate on this machine: (\S+–\S+)", done.stdout).group(1)
+    return (f"estimate {estimate} of trials (dry run now) vs epochs {trials['seconds'].sum():.0f}"
+            f" s / {slots} slots = {trials['seconds'].sum() / slots:.0f} s")
+
+
 def quick_figure(out: Path, data: str, flags: list[str], sources: dict[str, Path],
                  repeat: int) -> None:
-    """Figure 3: whole quick sweeps (with ``flags``), each source in turn, ``repeat`` times."""
-    print("3. a whole quick sweep: ASHA savings and Ray's overhead", flush=True)
+    """Figure 3: whole quick sweeps (with ``flags``), each source in turn, ``repeat`` times;
+    for this checkout also its time estimate."""
+    print("3. a whole quick sweep: ASHA savings, Ray's overhead, the time estimate", flush=True)
     for run in range(1, repeat + 1):
         for label, source in sources.items():
             name = f"quick-{label}-{run}"
@@ -143,6 +160,8 @@ def quick_figure(out: Path, data: str, flags: list[str], sources: dict[str, Path
                                           source=source)
             print(f"   {label}: {asha_line(trials)}; sweep {wall:.1f} s; "
                   f"{overhead_line(wall, cpu, trials, out / name)}", flush=True)
+            if source == HERE:
+                print(f"   {label}: {estimate_line(out, data, flags, trials)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,7 +323,10 @@ def test_a_sweep_interrupted_with_ctrl_c_reads_as_interrupted(inputs, capsys):
     assert run_analyze(capsys, sweep_dir)[0] == 0
     study = optuna.load_study(study_name="interrupted",
                               storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in study.trials)
+    # The live study keeps an interrupted trial RUNNING: --resume continues it.
+    cut = set(trials.loc[trials.status == "interrupted", "trial_id"])
+    assert cut and {t.state for t in study.trials if t.user_attrs["trial_id"] in cut} == {
+        TrialState.RUNNING}
     assert os.path.exists(sweep_dir / "trials.parquet")
 
 
@@ -336,6 +339,4 @@ def test_analyze_works_on_a_sweep_that_has_just_started(tmp_path, capsys):
     assert "still running" in out and "== leaderboard ==\n(none)" in out
     for name in PLOT_FILES:
         assert png_size(tmp_path / name)[0] > 300
-    study = optuna.load_study(study_name=tmp_path.name,
-                              storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert study.trials == []
+    assert not (tmp_path / "optuna.db").exists()  # the sweep writes the study, not the analysis

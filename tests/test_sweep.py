@@ -9,6 +9,8 @@ import signal
 import numpy as np
 import pandas as pd
 import yaml
+from optuna import load_study
+from optuna.trial import TrialState
 
 from conftest import TINY_SPACE, result_files, run_sweep, start_sweep, sweep_command, \
     wait_for_line
@@ -73,7 +75,11 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
     assert "top 5 (trials that beat all three trivial predictors first" in done.stdout
     assert ("Best trial:" in done.stdout) != ("No trial beats all three" in done.stdout)
-    assert "TPE learns from 3 cells" in done.stdout
+    # Cells and Optuna trials are one experiment, and every trial is in the live study.
+    assert set(trials.experiment) == {"sweep"}
+    study = load_study(study_name="smoke", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {trial.user_attrs["cell"] or trial.number: trial.state for trial in study.trials}
+    assert len(states) == len(trials) and states["diverging"] == TrialState.FAIL
     # The data's short form comes before the first trial, with the trivial predictors.
     assert done.stdout.index("forward signal") < done.stdout.index("epoch 1/")
     assert "K=7:" in done.stdout and "orth_mean Δ" in done.stdout
@@ -197,10 +203,12 @@ def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything
     np.savez(other, vectors=vectors, offsets=offsets)
     arguments = ["--space", str(TINY_SPACE), "--data", str(tiny_data), "--val-data", str(other),
                  "--storage-path", str(tmp_path), "--name", "paired"]
-    assert main([*arguments, "--dry-run"]) == 0
-    assert f"(validation: {other})" in capsys.readouterr().out
+    assert main([*arguments, "--dry-run"]) == 2  # the dry run loads the data for its estimate
+    captured = capsys.readouterr()
+    assert f"(validation: {other})" in captured.out
     assert main(arguments) == 2
-    error = capsys.readouterr().err.strip()
+    assert capsys.readouterr().err.strip() == captured.err.strip()
+    error = captured.err.strip()
     assert error == ("error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
                      "must be embedded with the same encoder as --data.")
     assert not (tmp_path / "paired").exists()

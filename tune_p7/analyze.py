@@ -4,9 +4,10 @@ Prints the data's directional signals and the trivial predictors, the baseline c
 leaderboard with verdicts and flags, the best trial (and whether it beats the trivial
 predictors) with its config, the Pareto set on (val Δ, cos_next, R@5), the check of ASHA's
 early stopping (tune_p7.early_stopping) and Optuna's parameter importances, then where the
-outputs went. Writes into the sweep folder: trials.parquet and
-history.parquet (when Ray's files are newer), the plots (tune_p7.plots), optuna.db
-(tune_p7.optuna_export) and summary.txt (this report as a table).
+outputs went. Writes into the sweep folder: trials.parquet and history.parquet (when Ray's
+files are newer), the plots (tune_p7.plots) and summary.txt (this report as a table); the
+importances come from the sweep's live Optuna study (optuna.db, tune_p7.study), which the
+sweep itself writes.
 
     python -m tune_p7.analyze results/NAME --sort val_cos_next --top 5 --format json
     python -m tune_p7.analyze results/NAME --export-best best/   # best.pt + config.json
@@ -26,10 +27,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tune_p7 import optuna_export, plots, results
+from tune_p7 import plots, results, study
 from tune_p7.early_stopping import early_stopping_check, early_stopping_notes
 from tune_p7.files import atomic_path, write_json, write_text
 from tune_p7.folder import RAY_FOLDER, SweepFolder, latest_checkpoint
+from tune_p7.sweep_progress import format_progress
 from tune_p7.verdicts import FLAGS, Criteria
 
 DISPLAY = ("rank", "trial_id", "phase", "cell", "context", "margin", "temperature",
@@ -80,7 +82,8 @@ def failure_report(trials: pd.DataFrame) -> str | None:
 
 def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
                   sort: str = "val_margin", top: int = 10) -> tuple[results.Sweep, dict]:
-    """Refresh the tables, draw the plots, export optuna.db, write summary.txt.
+    """Refresh the tables, draw the plots, read the importances from optuna.db, write
+    summary.txt.
 
     Returns the loaded sweep and {"tables" | "plots" | "optuna" | "summary": paths}, plus
     "importances" (a DataFrame). Raises results.NotASweep for a folder that is not a sweep,
@@ -101,9 +104,9 @@ def write_outputs(sweep_dir: str | Path, criteria: Criteria = Criteria(),
         raise AnalysisError(f"--sort {sort!r} is not a column of the trials table; use one of "
                             f"{', '.join(results.metric_columns(sweep.trials))}.")
     written["plots"] = plots.write_plots(sweep)
-    study = optuna_export.export_study(sweep)
-    written["optuna"] = [sweep_dir / optuna_export.STUDY_FILE]
-    written["importances"] = optuna_export.importances(study)
+    live = study.load_study(sweep_dir)
+    written["optuna"] = [sweep_dir / study.STUDY_FILE] if live is not None else []
+    written["importances"] = study.importances(live)
     written["summary"] = [sweep_dir / SUMMARY_FILE]
     sections = report(sweep, sort, top, written)
     write_text(sweep_dir / SUMMARY_FILE, format_table(sections, sweep, sort) + "\n")
@@ -207,6 +210,9 @@ def reading(sweep: results.Sweep, sort: str = "val_margin") -> list[str]:
     lines = []
     if SweepFolder(sweep.path).is_running() and sweep.run_state.get("state") == "running":
         lines.append("The sweep is still running: every number below is provisional.")
+        if "progress" in sweep.run_state:
+            lines.append(f"Progress at {sweep.run_state['progress'].get('updated', '?')}: "
+                         f"{format_progress(sweep.run_state['progress'])}.")
     signals = sweep.data_signals
     if not signals.empty:
         val = signals[signals["split"] == "val"]
@@ -278,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tune_p7.analyze",
         description="Analyse a sweep folder: signals, trivial predictors, cells, leaderboard "
-                    "with verdicts and flags, best config; writes plots, optuna.db, summary.")
+                    "with verdicts and flags, best config, importances from optuna.db; writes "
+                    "plots and summary.")
     results.add_ranking_arguments(parser, top=10, top_help="leaderboard rows")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--export-best", metavar="DIR",

@@ -7,12 +7,13 @@
     for experiment_dir, trial_dir in folder.trial_dirs(): read_params(trial_dir) ...
 
 Two kinds of files live in a sweep folder. The driver's own: sweep.json (the plan, see
-tune_p7.plan, plus the run state "state", "host", "pid"), sweep.lock (locked by the one
-process running the sweep), the data tables and the result tables (parquet). And Ray
-Tune's, under ray/<experiment>/: per trial params.json, result.json (one JSON line per
-reported epoch), error.txt and checkpoint_<n>/, per experiment the
-experiment_state-<session>.json snapshots. This module reads both, writes
-the driver's (atomically, tune_p7.files), and repairs what a hard kill leaves in Ray's.
+tune_p7.plan, plus the run state "state", "host", "pid", "progress"), sweep.lock (locked by
+the one process running the sweep), the data tables, the result tables (parquet) and the
+live Optuna study (optuna.db, tune_p7.study). And Ray Tune's, under ray/<experiment>/: per
+trial params.json, result.json (one JSON line per reported epoch), error.txt and
+checkpoint_<n>/, per experiment the experiment_state-<session>.json snapshots. This module
+reads both, writes the driver's (atomically, tune_p7.files), and repairs what a hard kill
+leaves in Ray's.
 Ray's layout is Ray's: anything unexpected in it reads as "unknown", never as a crash.
 """
 
@@ -37,7 +38,7 @@ from tune_p7.plan import Plan
 PLAN_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
 RAY_FOLDER = "ray"
-RUN_STATE = ("state", "host", "pid")  # sweep.json keys that are not the plan
+RUN_STATE = ("state", "host", "pid", "progress")  # sweep.json keys that are not the plan
 # Fields Ray adds to every reported result; everything else in result.json is a metric.
 RAY_FIELDS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -129,8 +130,14 @@ class SweepFolder:
         content.update(state=state, host=socket.gethostname(), pid=os.getpid())
         write_json(self.plan_file, content)
 
+    def set_progress(self, progress: dict) -> None:
+        """Record the running Tuner's progress (tune_p7.sweep_progress.measure's figures)
+        for a reader in another terminal."""
+        write_json(self.plan_file, {**self.read_content(), "progress": progress})
+
     def run_state(self) -> dict:
-        """{"state", "host", "pid"} as recorded (those present); {} without sweep.json."""
+        """{"state", "host", "pid", "progress"} as recorded (those present); {} without
+        sweep.json."""
         try:
             content = self.read_content()
         except json.JSONDecodeError:  # being rewritten right now

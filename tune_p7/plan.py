@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from tune_p7.config import TrainConfig
 from tune_p7.space import from_spec, searched_lambda_range
 
-# Arguments that define what a sweep computes; a resumed sweep keeps the saved ones.
+# Arguments that define what a sweep computes, or where its results are logged (Ray restores
+# a sweep's loggers as first built); a resumed sweep keeps the saved ones.
 PLAN_ARGUMENTS = ("space", "data", "val_data", "profile", "epochs", "epoch_windows",
-                  "max_val_windows", "num_samples", "seed")
+                  "max_val_windows", "num_samples", "seed", "log_to", "mlflow_uri")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class AshaPlan:
     grace_period: int = 1         # epochs before the first rung
     reduction_factor: float = 3.0  # a rung keeps the top 1/reduction_factor
     max_t: int = 1                # epochs of a trial that is never stopped
+
+    @property
+    def first_rung(self) -> int:
+        """The fewest epochs an Optuna trial runs: the first rung, or max_t without rungs."""
+        return min(max(self.grace_period, 1), self.max_t)
 
     def rung_epochs(self) -> list[int]:
         return rung_epochs(self.grace_period, self.reduction_factor, self.max_t)
@@ -120,6 +126,35 @@ class Plan:
             used.update(from_spec(self.optuna.params["context"]).values())
         return sorted(used)
 
+    def budget(self) -> "EpochBudget":
+        """The epochs the sweep's trials may run: cells all, Optuna trials from the first rung."""
+        return EpochBudget(len(self.cells), self.optuna.trials, self.epochs,
+                           self.optuna.asha.first_rung)
+
     def most_epochs(self) -> int:
         """Epochs the sweep runs if no trial is stopped early."""
-        return (len(self.cells) + self.optuna.trials) * self.epochs
+        return self.budget().most()
+
+
+@dataclass(frozen=True)
+class EpochBudget:
+    """The epochs a set of trials may run: each of the ``fixed`` ones (cells, confirm
+    re-runs) all ``epochs``; each of the ``searched`` ones at least ``first_rung`` (ASHA may
+    stop it there) and at most ``epochs``."""
+
+    fixed: int
+    searched: int
+    epochs: int
+    first_rung: int
+
+    @property
+    def trials(self) -> int:
+        return self.fixed + self.searched
+
+    def most(self) -> int:
+        """Epochs if no trial is stopped early."""
+        return self.trials * self.epochs
+
+    def fewest(self) -> int:
+        """Epochs if every searched trial is stopped at the first rung."""
+        return self.fixed * self.epochs + self.searched * self.first_rung

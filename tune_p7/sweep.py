@@ -1,25 +1,24 @@
 """``python -m tune_p7.sweep``: the four baseline cells plus an Optuna (TPE) extension under ASHA.
 
-One command, one sweep folder (docs/sweep-folder.md), one set of DataFrames. The sweep runs
-two Ray Tune experiments in that folder, one after the other:
+One command, one sweep folder (docs/sweep-folder.md), one set of DataFrames. The sweep is
+one Ray Tune experiment in that folder, ``ray/sweep``: first the search space's cells at full
+budget (never stopped early), labelled phase="baseline", cell=<name>; then TPE trials over
+the space's ranges (phase="optuna") under asynchronous successive halving on val_margin
+(mode max, max_t = epochs). There is no barrier between the two: an Optuna trial starts as
+soon as a slot is free, and TPE (tune_p7.searcher) and the rungs (tune_p7.scheduler) learn
+from each cell as it reports. Every trial is a trial of the live Optuna study in optuna.db.
 
-1. ``ray/baseline``: the search space's cells at full budget (FIFO, no early stopping),
-   labelled phase="baseline", cell=<name>;
-2. ``ray/optuna``: TPE over the space's ranges (margin, temperature, lambda), warm-started
-   with the final val_margin of every cell that differs from an Optuna trial only in the
-   searched settings, under asynchronous successive halving on val_margin (mode max,
-   max_t = epochs) whose rungs are seeded with every cell's values (tune_p7.scheduler).
-
-The dataset is loaded and validated once in the driver and shared with every trial through
-Ray's object store. ``--resume`` (or ``--name`` of an existing sweep) continues both
-experiments with ``Tuner.restore``. ``--dry-run`` prints the plan and starts nothing.
-This module is the plan and the command; the Ray wiring is tune_p7.tuner, the folder's
-files tune_p7.folder, the tables tune_p7.results.
+The dataset is loaded and validated in a thread while Ray starts, once, and shared with every
+trial through Ray's object store. ``--resume`` (or ``--name`` of an existing sweep) continues
+the experiment with ``Tuner.restore``. ``--dry-run`` prints the plan and the time estimate
+and starts nothing. This module is the plan and the command; the Ray wiring is
+tune_p7.tuner, the folder's files tune_p7.folder, the tables tune_p7.results.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import sys
@@ -29,10 +28,13 @@ from pathlib import Path
 
 import pandas as pd
 
+import ray
+
 from tune_p7 import __version__
 from tune_p7.analyze import EveryTrialFailed, write_outputs
 from tune_p7.config import TrainConfig
 from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.estimate import estimate_sweep, format_estimate, warm_up
 from tune_p7.folder import FolderInUse, SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
@@ -40,9 +42,12 @@ from tune_p7.progress import progress_printer
 from tune_p7.results import best_statement, leaderboard, write_tables
 from tune_p7.space import DEFAULT_PROFILE, DEFAULT_SPACE, SearchSpace, SpaceError, check_profile, \
     from_spec, load_space, parse_space
+from tune_p7.study import STUDY_FILE, storage_url
+from tune_p7.trackers import (DEFAULT_TRACKERS, TRACKERS, TrackerError, default_mlflow_uri,
+                              parse_trackers)
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
-                           check_shared_storage, rung_seeds, run_fixed_trials,
-                           run_optuna_trials, start_ray, trial_options, warm_start_points)
+                           check_resumable, check_shared_storage, run_sweep_trials, start_ray,
+                           trial_options)
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,8 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dashboard", action="store_true",
                         help="start Ray's dashboard (on 127.0.0.1) for a local sweep")
     parser.add_argument("--seed", type=int, help="seed of every trial and of TPE (default 0)")
+    parser.add_argument("--log-to", metavar="TRACKERS",
+                        help=f"where results go besides the folder, comma-separated: "
+                             f"{', '.join(TRACKERS)} or none (default "
+                             f"{','.join(DEFAULT_TRACKERS)})")
+    parser.add_argument("--mlflow-uri", metavar="URI",
+                        help="MLflow tracking URI for --log-to mlflow (default: a SQLite "
+                             "store in the sweep folder, mlflow.db)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and start nothing")
+                        help="print the plan and the time estimate and start nothing")
     return parser
 
 
@@ -135,7 +147,8 @@ def make_plan(args: argparse.Namespace, folder: SweepFolder, saved: dict | None,
         return Plan.from_dict(saved)
     arguments = {**given, "space": str(args.space or _shown(DEFAULT_SPACE)),
                  "data": args.data or "default", "profile": args.profile or DEFAULT_PROFILE,
-                 "seed": 0 if args.seed is None else args.seed}
+                 "seed": 0 if args.seed is None else args.seed,
+                 "log_to": args.log_to or ",".join(DEFAULT_TRACKERS)}
     space = load_space(arguments["space"])
     profile = space.profile(arguments["profile"])
     overrides = {"seed": arguments["seed"], "device": device}
@@ -191,23 +204,48 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None,
                        for name, spec in optuna.params.items())
     asha = optuna.asha
     lines.append(f"  optuna {optuna.trials} TPE trials (K={optuna.context}) over "
-                 f"{ranges}; ASHA on {METRIC} (max) with the cells' values at its rungs, "
-                 f"grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
-                 f"max_t {asha.max_t}")
+                 f"{ranges}, starting as slots free up after the cells; TPE and ASHA on "
+                 f"{METRIC} (max) learn from each cell as it reports; grace "
+                 f"{asha.grace_period}, reduction {asha.reduction_factor:g}, max_t {asha.max_t}")
     lines.append(f"  epochs at most {plan.most_epochs()} ({len(plan.cells)} cells + "
-                 f"{optuna.trials} trials × {epochs}); ASHA stops some Optuna trials earlier")
-    concurrency = options.max_concurrent or (
+                 f"{optuna.trials} trials × {epochs}); at least {plan.budget().fewest()} if "
+                 f"ASHA stops every Optuna trial at its first rung (epoch {asha.first_rung})")
+    slots = options.max_concurrent or (
         "as many as the cluster allows" if address
-        else f"{max(1, (os.cpu_count() or 1) // options.cpus_per_trial)} (this machine's CPUs)")
+        else f"{_local_slots(options)} (this machine's CPUs)")
     where = address or "a local Ray on 127.0.0.1"
     device = options.device + (" (chosen by --device auto)" if asked_device == "auto" else "")
     memory = f" + {options.memory_per_trial:g} GiB" if options.memory_per_trial else ""
     lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU"
-                 f"{memory} per trial, concurrency {concurrency}, device {device}, worker "
+                 f"{memory} per trial, concurrency {slots}, device {device}, worker "
                  f"reuse {'on' if options.reuse_actors else 'off'}, on {where}")
     lines.append(f"  results {plan.sweep_dir}/trials.parquet, history.parquet (Ray's "
                  f"files under ray/)")
+    lines += [f"  watch {command}" for command in watch_commands(plan)]
     return "\n".join(lines)
+
+
+def plan_trackers(plan: Plan) -> tuple[str, ...]:
+    """The plan's --log-to trackers, checked (TrackerError); the default for a sweep.json
+    written before trackers were part of the plan."""
+    return parse_trackers(plan.arguments.get("log_to") or ",".join(DEFAULT_TRACKERS))
+
+
+def watch_commands(plan: Plan) -> list[str]:
+    """The commands that show the sweep while it runs: the Optuna study, then each tracker."""
+    folder = Path(plan.sweep_dir)
+    trackers = plan_trackers(plan)
+    commands = [f"optuna-dashboard {storage_url(folder)}"]
+    if "tensorboard" in trackers:
+        commands.append(f"tensorboard --logdir {folder / 'ray'}")
+    if "mlflow" in trackers:
+        uri = plan.arguments.get("mlflow_uri") or default_mlflow_uri(folder)
+        commands.append(f"mlflow ui --backend-store-uri {uri}")
+    if "wandb" in trackers:
+        commands.append(f"wandb sync {folder / 'wandb'}/offline-run-*   (W&B runs written "
+                        f"offline; online when logged in)")
+    commands.append(f"python -m tune_p7.analyze {folder}   (progress and provisional results)")
+    return commands
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,61 +257,101 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder, resuming = resolve_sweep_dir(args)
         saved = folder.read_content() if resuming else None
+        if resuming:
+            check_resumable(folder)
         options = trial_options(args)
         plan = make_plan(args, folder, saved, options.device)
+        trackers = plan_trackers(plan)
         space = (load_space(plan.space_file) if saved is None
                  else parse_space(plan.space, plan.space_file))
         # One live sweep per folder: a second one is refused before it prints or writes.
         lock = None if args.dry_run else folder.lock()
-    except (SweepError, SpaceError, FolderInUse) as error:
+    except (SweepError, SpaceError, TrackerError, FolderInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(("resuming " if resuming else "") + format_plan(plan, options, args.address,
                                                           args.device), flush=True)
-    if lock is None:
-        return 0
-    with lock:
+    with lock or contextlib.nullcontext():
         try:
-            dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
-                                   progress=progress_printer(sys.stdout))
-            for context in plan.contexts():
-                dataset.check_context(context)
-        except DataError as error:
+            dataset, references = prepare(args, plan, options, with_tables=not resuming)
+            if args.address:
+                print("  estimate: none for a cluster (its machines, not this one, run the "
+                      "trials)")
+            else:
+                estimate = estimate_sweep(plan, dataset, _local_slots(options),
+                                          options.cpus_per_trial, options.device)
+                print(format_estimate(estimate), flush=True)
+        except (DataError, SweepError) as error:
+            ray.shutdown()
             print(f"error: {error}", file=sys.stderr)
             return 2
-        return run_sweep(args, folder, plan, space, dataset, options, resuming)
+        except KeyboardInterrupt:
+            ray.shutdown()
+            print("interrupted before any trial started; nothing was written", file=sys.stderr)
+            return 130
+        if args.dry_run:
+            return 0
+        return run_sweep(args, folder, plan, space, dataset, references, options, trackers,
+                         resuming)
+
+
+def prepare(args, plan: Plan, options: TrialOptions,
+            with_tables: bool) -> tuple[Dataset, dict | None]:
+    """The validated dataset and (with_tables) its reference metrics per K, computed in a
+    thread while Ray starts (not on a dry run) and checks that one trial fits a node, with
+    torch's one-time start-up.
+
+    Loading, checking and the reference metrics take seconds, and Ray's start mostly waits
+    for its processes. Raises DataError (the data) or SweepError (Ray refused, or no node
+    can hold a trial).
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(load_data, plan, with_tables and not args.dry_run)
+        if not args.dry_run:
+            start_ray(args.address, args.dashboard, options)
+        return loading.result()
+
+
+def load_data(plan: Plan, with_tables: bool) -> tuple[Dataset, dict | None]:
+    """The plan's dataset (with --val-data), checked for every K; its {K: reference_metrics}
+    on the validation windows (and global queries) the trials use when ``with_tables``;
+    torch warmed up for the time estimate."""
+    dataset = load_dataset(plan.data, split_seed=0, val_source=plan.val_data,
+                           progress=progress_printer(sys.stdout))
+    for context in plan.contexts():
+        dataset.check_context(context)
+    references = None
+    if with_tables:
+        print(f"computing the data tables (signals, trivial predictors for K="
+              f"{', '.join(map(str, plan.contexts()))}) while Ray starts", flush=True)
+        queries, evaluated = plan.fixed["global_queries"] or None, plan.fixed["max_val_windows"]
+        references = {context: reference_metrics(dataset, context, queries, evaluated)
+                      for context in plan.contexts()}
+    warm_up(dataset.dim, dataset.vectors.dtype)
+    return dataset, references
+
+
+def _local_slots(options: TrialOptions) -> int:
+    """Trials at once on this machine without asking Ray (a dry run)."""
+    return options.max_concurrent or max(1, (os.cpu_count() or 1) // options.cpus_per_trial)
 
 
 def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
-              options: TrialOptions, resuming: bool) -> int:
-    """Start Ray, write the driver's files, run both experiments, write the tables, print
-    the top.
-
-    The data tables of a new sweep are computed in a thread while Ray starts (both take
-    seconds; Ray's start mostly waits for its processes). They and the plan are written
-    once Ray is up and one trial fits on a node (and, on a cluster, the storage is shared),
-    so a sweep refused there leaves no folder behind.
-    """
+              references: dict | None, options: TrialOptions, trackers: tuple[str, ...],
+              resuming: bool) -> int:
+    """Write the driver's files (a new sweep), run the experiment, write the tables, print
+    the top. Ray is started and one trial fits on a node (see prepare); the plan and data
+    tables are written only now (and, on a cluster, once the storage is shared), so a sweep
+    refused before leaves no folder behind."""
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            if not resuming:
-                print(f"computing the data tables (signals, trivial predictors for K="
-                      f"{', '.join(map(str, plan.contexts()))}) while Ray starts", flush=True)
-            references = None if resuming else pool.submit(data_references, dataset, plan)
-            start_ray(args.address, args.dashboard, options)
-            if args.address:
-                check_shared_storage(folder.path.parent)
-        if references:
+        if args.address:
+            check_shared_storage(folder.path.parent)
+        if not resuming:
             folder.write_plan(plan)
-            folder.write_data_tables(references.result())  # raises what the thread raised
+            folder.write_data_tables(references)
         print(format_data_summary(folder, dataset), flush=True)
-        grid, interrupted = run_fixed_trials(folder, "baseline", plan.cells, dataset, options)
-        if not interrupted and plan.optuna.trials:
-            warm = warm_start_points(grid, plan, space)
-            print(f"TPE learns from {len(warm)} cells (those differing from an Optuna trial "
-                  f"only in {', '.join(space.params)})", flush=True)
-            _, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm,
-                                               rung_seeds(grid))
+        _, interrupted = run_sweep_trials(folder, plan, space, dataset, options, trackers,
+                                          plan.arguments.get("mlflow_uri"))
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -283,14 +361,6 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
         interrupted = True
         folder.set_state("interrupted")
     return finish(folder, interrupted)
-
-
-def data_references(dataset: Dataset, plan: Plan) -> dict[int, dict]:
-    """{K: metrics.reference_metrics} for every K the sweep trains on, on the validation
-    windows (and global queries) the trials use: SweepFolder.write_data_tables' input."""
-    queries, evaluated = plan.fixed["global_queries"] or None, plan.fixed["max_val_windows"]
-    return {context: reference_metrics(dataset, context, queries, evaluated)
-            for context in plan.contexts()}
 
 
 def finish(folder: SweepFolder, interrupted: bool) -> int:
@@ -307,9 +377,9 @@ def finish(folder: SweepFolder, interrupted: bool) -> int:
     except EveryTrialFailed as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
-    print(f"analysis: {folder.path / 'summary.txt'}, "
-          f"{len(written['plots'])} plots, {folder.path / 'optuna.db'} "
-          f"(python -m tune_p7.analyze {folder.path} for the full report)")
+    print(f"analysis: {folder.path / 'summary.txt'}, {len(written['plots'])} plots, the "
+          f"Optuna study {folder.path / STUDY_FILE} (python -m tune_p7.analyze {folder.path} "
+          f"for the full report)")
     return 0
 
 

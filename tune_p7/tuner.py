@@ -2,43 +2,47 @@
 
     options = trial_options(args)                 # from add_trial_arguments' flags, checked
     start_ray(address=None, dashboard=False, options=options)  # one trial must fit a node
-    grid, interrupted = run_fixed_trials(folder, "baseline", cell_configs, dataset, options)
-    grid, interrupted = run_optuna_trials(folder, plan, space, dataset, options, warm, seeds)
+    grid, interrupted = run_sweep_trials(folder, plan, space, dataset, options, trackers)
+    grid, interrupted = run_fixed_trials(folder, "confirm-...", configs, dataset, options)
 
 Every experiment lives in the sweep folder (``ray/<experiment>``, tune_p7.folder), shares the
 dataset through Ray's object store (``tune.with_parameters``), reserves the same resources
 per trial, keeps one checkpoint per trial (train's state after its last epoch), retries a
-failed trial from it, prints one line per trial epoch, and continues with
-``Tuner.restore`` when the folder already holds it. Used by tune_p7.sweep (cells, then
-Optuna) and tune_p7.confirm (re-runs on new seeds).
+failed trial from it, prints one line per trial epoch and a progress line per ended trial,
+and continues with ``Tuner.restore`` when the folder already holds it. The sweep is one
+experiment (cells, then TPE under seeded ASHA: ``run_sweep_trials``); tune_p7.confirm runs
+fixed configs (``run_fixed_trials``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tune_p7.config import TrainConfig
 from tune_p7.data import Dataset
 from tune_p7.devices import DeviceError, trial_device
-from tune_p7.folder import SweepFolder, ray_trial_states, read_error, read_history, \
-    repair_experiment_state
-from tune_p7.plan import Plan
+from tune_p7.folder import SweepFolder, ray_trial_states, read_error, repair_experiment_state
+from tune_p7.plan import EpochBudget, Plan
 from tune_p7.resources import ResourceError, check_trial_fits, trial_bundle
+from tune_p7.sweep_progress import TrialCount, format_progress, measure
 from tune_p7.scheduler import SeededASHA
+from tune_p7.searcher import SweepSearch
 from tune_p7.space import SearchSpace
+from tune_p7.study import recorded_distributions
+from tune_p7.trackers import DEFAULT_TRACKERS, logger_callbacks
 from tune_p7.train import format_epoch
 from tune_p7.trainable import LABELS, p7_trainable
 
@@ -53,7 +57,11 @@ RAY_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",           # progress is our one line per trial epoch
     # Saving on every result is intended: no warning that it happens often.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Loggers are the ones asked for (tune_p7.trackers: JSON and CSV always, TensorBoard by
+    # default); without this Ray adds TensorBoard's to every experiment.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
+SWEEP_EXPERIMENT = "sweep"  # ray/sweep: the cells and the Optuna trials
 STARTED = time.time()  # progress lines count seconds from here (the command's start)
 
 
@@ -210,33 +218,71 @@ def concurrency(options: TrialOptions) -> int:
 
 
 class EpochPrinter(tune.Callback):
-    """Prints one line per trial epoch and one per ended trial; ``started``: time.time().
+    """Prints one line per trial epoch and one per ended trial, then the progress.
 
     stop_reasons: {trial_id: why the scheduler stopped it} (SeededASHA.stopped), if any.
+    budget: the epochs the experiment's trials may run; with it, every ended trial is
+    followed by a progress line (tune_p7.sweep_progress), also recorded in sweep.json.
+    Times count from the command's start (STARTED), also after a resume.
     """
 
-    def __init__(self, started: float, stop_reasons: dict[str, str] | None = None):
+    def __init__(self, stop_reasons: dict[str, str] | None = None,
+                 budget: EpochBudget | None = None, folder: SweepFolder | None = None):
         # The scheduler's own dict (empty at first, filled as it stops trials), not a copy.
-        self.started = started
         self.stop_reasons = {} if stop_reasons is None else stop_reasons
+        self.budget, self.folder = budget, folder
+        self.session: tuple[float, int] | None = None  # (time, epochs run) at the first start
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.session is None:
+            self.session = (time.time(), sum(_epochs_run(other) for other in trials))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._print(trial, format_epoch(result, result.get("config", {}).get("epochs")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, f"ERROR {read_error(Path(trial.local_path or '')) or 'failed'}")
+        self._progress(trials, trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epochs = (trial.last_result or {}).get("epoch", 0)
+        epochs = _epochs_run(trial)
         if epochs == trial.config.get("epochs"):
             self._print(trial, "done")
         else:
             reason = self.stop_reasons.get(trial.trial_id)
             self._print(trial, f"stopped by ASHA at epoch {epochs}"
                         + (f" ({reason})" if reason else ""))
+        self._progress(trials, trial)
+
+    def _progress(self, trials, ended) -> None:
+        """The progress line after ``ended`` ended (Ray marks it only after the callbacks)."""
+        if self.budget is None:
+            return
+        counts = [TrialCount(_epochs_run(trial), int(trial.config.get("epochs", 0)),
+                             trial.config.get("phase") == "optuna",
+                             trial is ended or trial.status in (Trial.TERMINATED, Trial.ERROR))
+                  for trial in trials]
+        now, rate = time.time(), None
+        if self.session is not None:
+            run = sum(count.epochs_run for count in counts) - self.session[1]
+            rate = run / (now - self.session[0]) if run > 0 and now > self.session[0] else None
+        progress = measure(counts, self.budget, now - STARTED, rate)
+        _stamped(f"progress  {format_progress(progress)}")
+        if self.folder is not None:
+            self.folder.set_progress({**progress, "updated": datetime.now().isoformat(
+                timespec="seconds")})
 
     def _print(self, trial, text: str) -> None:
-        print(f"[{time.time() - self.started:6.0f}s] {_label(trial.config)}  {text}", flush=True)
+        _stamped(f"{_label(trial.config)}  {text}")
+
+
+def _stamped(text: str) -> None:
+    """Print ``text`` after the seconds since the command started."""
+    print(f"[{time.time() - STARTED:6.0f}s] {text}", flush=True)
+
+
+def _epochs_run(trial) -> int:
+    return int((trial.last_result or {}).get("epoch", 0))
 
 
 def _label(config: dict) -> str:
@@ -267,6 +313,7 @@ def run_fixed_trials(folder: SweepFolder, experiment: str, configs: list[dict],
     options = options or TrialOptions()
     trainable = _trainable(dataset, options)
     points = [_execution_settings(_full_config(config), options) for config in configs]
+    epochs = max(point["epochs"] for point in points)
     existing = _restorable(folder, experiment)
     if existing:
         tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
@@ -279,73 +326,62 @@ def run_fixed_trials(folder: SweepFolder, experiment: str, configs: list[dict],
             tune_config=tune.TuneConfig(search_alg=search, num_samples=len(points),
                                         reuse_actors=options.reuse_actors,
                                         trial_dirname_creator=trial_dirname),
-            run_config=_run_config(folder, experiment, options))
+            run_config=_run_config(folder, experiment, options,
+                                   budget=EpochBudget(len(points), 0, epochs, epochs)))
     return _fit(folder, tuner, len(configs))
 
 
-def run_optuna_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
-                      options: TrialOptions, warm_start: list[tuple[dict, float]],
-                      seeds: dict[str, dict[int, float]]):
-    """The Optuna experiment ``ray/optuna``: TPE under seeded ASHA; resumable.
+def check_resumable(folder: SweepFolder) -> None:
+    """Refuse to resume a sweep folder of the two-experiment layout (ray/baseline and
+    ray/optuna, before the sweep became one experiment): its trials cannot be continued."""
+    older = [name for name in ("baseline", "optuna") if folder.experiment_dir(name).is_dir()]
+    if older and not folder.experiment_dir(SWEEP_EXPERIMENT).is_dir():
+        raise SweepError(f"{folder.path} holds a sweep of an older tune_p7 (ray/"
+                         f"{' and ray/'.join(older)}, not ray/{SWEEP_EXPERIMENT}); analyse it "
+                         f"as it is, or start a new sweep with another --name.")
 
-    warm_start: (searched settings, final val_margin) of cells TPE learns from. seeds:
-    {cell: {epoch: val_margin}} put in the scheduler's rungs (see rung_seeds). On a resume
-    Ray restores the scheduler as first built (seeds included) and it reads the restored
-    trials' results back into its rungs. Returns (ResultGrid, interrupted).
+
+def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
+                     options: TrialOptions, trackers: tuple[str, ...] = DEFAULT_TRACKERS,
+                     mlflow_uri: str | None = None):
+    """The sweep as one Tune experiment ``ray/sweep``: the cells, then TPE trials; resumable.
+
+    The searcher (tune_p7.searcher.SweepSearch) suggests the plan's cells first, with their
+    settings fixed, then TPE's trials, and keeps every trial in the live study
+    ``optuna.db``; the scheduler (tune_p7.scheduler.SeededASHA) never stops a cell and puts
+    its values at the rungs as they arrive. So Optuna trials start while the last cells
+    still run, and TPE and the rungs learn from each cell as it reports. trackers,
+    mlflow_uri: where results go besides the folder (tune_p7.trackers). On a resume Ray
+    restores searcher, scheduler and callbacks as the sweep built them. Returns (ResultGrid,
+    interrupted).
     """
-    trials = plan.optuna.trials
+    total = len(plan.cells) + plan.optuna.trials
     trainable = _trainable(dataset, options)
     base = _execution_settings({**plan.fixed, **plan.optuna.trial_settings(), "phase": "optuna",
                                 "cell": ""}, options)
-    existing = _restorable(folder, "optuna")
+    existing = _restorable(folder, SWEEP_EXPERIMENT)
     if existing:
         tuner = tune.Tuner.restore(str(existing), trainable, resume_unfinished=True,
                                    param_space=base)
-        return _fit(folder, tuner, trials)
+        return _fit(folder, tuner, total)
+    cells = [_execution_settings(_full_config(cell), options) for cell in plan.cells]
+    searched = space.optuna_distributions()
     sampler = optuna.samplers.TPESampler(seed=plan.seed, constant_liar=True,
                                          n_startup_trials=space.startup_trials)
-    searcher = OptunaSearch(space.optuna_distributions(), metric=METRIC, mode=MODE,
-                            sampler=sampler,
-                            points_to_evaluate=[point for point, _ in warm_start] or None,
-                            evaluated_rewards=[reward for _, reward in warm_start] or None)
+    searcher = SweepSearch(cells, searched, recorded_distributions(plan, searched), base,
+                           METRIC, MODE, sampler, folder.path, plan.name)
     asha = plan.optuna.asha
-    scheduler = SeededASHA(METRIC, MODE, asha.grace_period, asha.reduction_factor,
-                           asha.max_t, seeds)
+    scheduler = SeededASHA(METRIC, MODE, asha.grace_period, asha.reduction_factor, asha.max_t)
     tuner = tune.Tuner(
         trainable, param_space=base,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=trials,
+            search_alg=searcher, scheduler=scheduler, num_samples=total,
             max_concurrent_trials=concurrency(options), reuse_actors=options.reuse_actors,
             trial_dirname_creator=trial_dirname),
-        run_config=_run_config(folder, "optuna", options, scheduler.stopped))
-    return _fit(folder, tuner, trials)
-
-
-def rung_seeds(grid) -> dict[str, dict[int, float]]:
-    """{cell: {epoch: val_margin}} of every baseline cell that reported an epoch, read from
-    its result.json: the reference values the Optuna trials are judged against at each rung."""
-    seeds = {}
-    for result in grid:
-        values, _ = read_history(Path(result.path) / "result.json", METRIC)
-        if values:
-            seeds[result.config["cell"]] = values
-    return seeds
-
-
-def warm_start_points(grid, plan: Plan, space: SearchSpace) -> list[tuple[dict, float]]:
-    """(searched settings, final val_margin) of every finished cell that is an Optuna trial
-    in all but the searched settings (same K, model, budget ...)."""
-    points = []
-    for result in grid:
-        config, metrics = result.config, result.metrics or {}
-        differs = {key for key, value in plan.fixed.items()
-                   if key not in space.params and key not in ("threads", "device")
-                   and config.get(key) != value}
-        reward = metrics.get(METRIC)
-        if (result.error is None and not differs and metrics.get("epoch") == plan.epochs
-                and isinstance(reward, float) and math.isfinite(reward)):
-            points.append(({name: config[name] for name in space.params}, reward))
-    return points
+        run_config=_run_config(folder, SWEEP_EXPERIMENT, options,
+                               logger_callbacks(trackers, folder.path, plan.name, mlflow_uri),
+                               plan.budget(), scheduler.stopped))
+    return _fit(folder, tuner, total)
 
 
 def _trainable(dataset: Dataset, options: TrialOptions):
@@ -355,13 +391,18 @@ def _trainable(dataset: Dataset, options: TrialOptions):
 
 
 def _run_config(folder: SweepFolder, experiment: str, options: TrialOptions,
+                loggers: list | None = None, budget: EpochBudget | None = None,
                 stop_reasons: dict[str, str] | None = None):
-    callbacks = [EpochPrinter(STARTED, stop_reasons)] if options.progress else []
+    """RunConfig of an experiment in ``folder``: loggers (default TensorBoard's, plus Ray's
+    JSON and CSV), the progress printer, retries, one checkpoint per trial."""
+    if loggers is None:
+        loggers = logger_callbacks(DEFAULT_TRACKERS, folder.path, folder.path.name)
+    printer = [EpochPrinter(stop_reasons, budget, folder)] if options.progress else []
     return tune.RunConfig(
         storage_path=str(folder.ray_dir), name=experiment,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=callbacks, verbose=0)
+        callbacks=[*printer, *loggers], verbose=0)
 
 
 def _choices(points: list[dict]) -> dict:

@@ -184,7 +184,7 @@ def disturbed_sweep(tmp_path_factory):
     wait_for_line(first, " epoch 1/")
     seconds = [subprocess.Popen(again, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for again in (command, command + ["--resume"])]
-    experiment = root / "busy" / "ray" / "baseline"
+    experiment = root / "busy" / "ray" / "sweep"
     deadline, target = time.time() + 60, None
     while target is None and time.time() < deadline and first.poll() is None:
         target = running_trial(experiment, epochs_left=2)
@@ -217,7 +217,7 @@ def test_the_first_sweep_finishes_untouched(disturbed_sweep):
                                    "strong_anchor"]
     assert (trials.status == "complete").all() and (trials.epochs_run == EPOCHS).all()
     # Only the first sweep ran Ray in the folder: one session's state per experiment.
-    assert len(list((folder / "ray" / "baseline").glob("experiment_state-*.json"))) == 1
+    assert len(list((folder / "ray" / "sweep").glob("experiment_state-*.json"))) == 1
 
 
 def test_auto_device_is_recorded_in_the_plan_and_every_trial_config(disturbed_sweep):
@@ -230,7 +230,7 @@ def test_auto_device_is_recorded_in_the_plan_and_every_trial_config(disturbed_sw
 
 def test_a_killed_worker_resumes_from_its_last_epoch_exactly(disturbed_sweep):
     trial_name, killed_pid = disturbed_sweep["killed"]
-    trial_dir = disturbed_sweep["folder"] / "ray" / "baseline" / trial_name
+    trial_dir = disturbed_sweep["folder"] / "ray" / "sweep" / trial_name
     lines = reported(trial_dir / "result.json")
     before = [line["epoch"] for line in lines if line["pid"] == killed_pid]
     after = [line["epoch"] for line in lines if line["pid"] != killed_pid]

@@ -90,7 +90,7 @@ def test_trials_spread_over_the_nodes_and_a_lost_node_loses_no_trial(cluster, tm
     sweep = start_sweep(sweep_command(data, tmp_path, "nodes", "--address", cluster.address,
                                       "--epochs", str(EPOCHS), "--num-samples", "0"),
                         env=cluster.environment)
-    experiment = tmp_path / "nodes" / "ray" / "baseline"
+    experiment = tmp_path / "nodes" / "ray" / "sweep"
     node_of: dict[int, str] = {}  # trial worker pid -> the node it ran on
     lost, finished = None, {}
     deadline = time.time() + 400

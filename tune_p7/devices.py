@@ -26,6 +26,15 @@ class DeviceError(ValueError):
     """A device torch cannot use here; the message is one sentence naming it and the fix."""
 
 
+def device_available(name: str) -> bool:
+    """Whether this machine has the device ``name`` (a sweep may plan for a cluster's)."""
+    try:
+        resolve_device(name)
+    except DeviceError:
+        return False
+    return True
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``name``: "auto" picks cuda > mps > cpu; anything else must be
     a device this machine has (DeviceError otherwise)."""

@@ -65,6 +65,9 @@ class SweepEstimate:
     timing_s: float  # how long the timing itself took
 
 
+TIMING_LR = 1e-4  # any finite rate times the same step
+
+
 def time_model(config: TrainConfig, dim: int, dtype, batches: int = TIMED_BATCHES) -> StepTiming:
     """Time ``config``'s training step and evaluation on random data of width ``dim``.
 
@@ -73,6 +76,9 @@ def time_model(config: TrainConfig, dim: int, dtype, batches: int = TIMED_BATCHE
     RNG are left as they were.
     """
     threads = torch.get_num_threads()
+    # The step's speed does not depend on the learning rate, but a diverging one (a
+    # deliberately failing cell) would end the timing with TrainingDiverged.
+    config = dataclasses.replace(config, lr=TIMING_LR)
     try:
         with torch.random.fork_rng(devices=[]):
             Run(config, timing_dataset(config.context, dim, dtype, config.batch_size)).train_epoch()

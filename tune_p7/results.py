@@ -155,7 +155,13 @@ def _trials_frame(rows: list[dict]) -> pd.DataFrame:
     if frame.empty:
         return typed_settings(pd.DataFrame(columns=list(TRIAL_COLUMNS)))
     first = [*KEYS, "trial_dir"]
-    return typed_settings(frame[first + [c for c in frame.columns if c not in first]])
+    frame = typed_settings(frame[first + [c for c in frame.columns if c not in first]])
+    # A recorded flag (e.g. bf16_resolved) of a trial that reported no epoch is missing:
+    # pandas' nullable boolean keeps it NA through parquet instead of mixing None and NaN.
+    flags = [column for column in frame.columns if frame[column].dtype == object
+             and frame[column].dropna().map(type).eq(bool).all()
+             and frame[column].notna().any()]
+    return frame.astype({column: "boolean" for column in flags})
 
 
 def _history_frame(histories: list[pd.DataFrame]) -> pd.DataFrame:

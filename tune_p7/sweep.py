@@ -34,6 +34,7 @@ from tune_p7 import __version__
 from tune_p7.analyze import EveryTrialFailed, write_outputs
 from tune_p7.config import TrainConfig
 from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.devices import device_available
 from tune_p7.estimate import estimate_sweep, format_estimate, warm_up
 from tune_p7.folder import FolderInUse, SweepFolder, newest_sweep
 from tune_p7.metrics import reference_metrics
@@ -277,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.address:
                 print("  estimate: none for a cluster (its machines, not this one, run the "
                       "trials)")
+            elif not device_available(options.device):
+                print(f"  estimate: none (device {options.device} is not on this machine)")
             else:
                 estimate = estimate_sweep(plan, dataset, _local_slots(options),
                                           options.cpus_per_trial, options.device)

@@ -156,12 +156,11 @@ def _trials_frame(rows: list[dict]) -> pd.DataFrame:
         return typed_settings(pd.DataFrame(columns=list(TRIAL_COLUMNS)))
     first = [*KEYS, "trial_dir"]
     frame = typed_settings(frame[first + [c for c in frame.columns if c not in first]])
-    # A recorded flag (e.g. bf16_resolved) of a trial that reported no epoch is missing:
-    # pandas' nullable boolean keeps it NA through parquet instead of mixing None and NaN.
-    flags = [column for column in frame.columns if frame[column].dtype == object
-             and frame[column].dropna().map(type).eq(bool).all()
-             and frame[column].notna().any()]
-    return frame.astype({column: "boolean" for column in flags})
+    if "bf16_resolved" in frame:
+        # Missing for a trial that reported no epoch: pandas' nullable boolean keeps it NA
+        # through parquet instead of mixing None and NaN.
+        frame["bf16_resolved"] = frame["bf16_resolved"].astype("boolean")
+    return frame
 
 
 def _history_frame(histories: list[pd.DataFrame]) -> pd.DataFrame:

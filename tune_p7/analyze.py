@@ -70,9 +70,10 @@ def failure_report(trials: pd.DataFrame) -> str | None:
     lines = [f"every trial failed ({len(trials)} of {len(trials)}), so there is nothing to "
              f"rank; fix the cause below and start a new sweep (--resume does not re-run "
              f"failed trials):"]
-    for row in trials.itertuples():
-        label = f"{row.phase}/{row.cell or row.trial_id}"
-        lines.append(f"  {label}: {row.error or 'no error.txt'}")
+    labels = [(f"{row.phase}/{row.cell or row.trial_id}", row.error)
+              for row in trials.itertuples()]
+    for label, error in sorted(labels):  # trial ids are random: sort by label to read alike
+        lines.append(f"  {label}: {error or 'no error.txt'}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tune_p7.data import BatchSource, Dataset, WindowSet, device_table, row_blocks
+from tune_p7.data import BatchSource, Dataset, WindowSet, device_table, evenly_spaced, \
+    row_blocks
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # contexts (B, K, D) -> p (B, D) unit
 RANKS = (1, 5, 10)
@@ -68,7 +69,8 @@ def evaluate(predict: Predictor, source: BatchSource, batch_size: int = 1024,
     """
     sums = dict.fromkeys(DIRECTIONAL + RETRIEVAL, 0.0)
     count = len(source)
-    query_mask = _global_query_mask(count, global_queries)
+    query_mask = np.zeros(count, dtype=bool)
+    query_mask[evenly_spaced(count, global_queries or 0)] = True
     queries = []  # predictions of the global queries, ranked once all are known
     for start in range(0, count, batch_size):
         positions = torch.arange(start, min(start + batch_size, count), device=source.table.device)
@@ -171,15 +173,6 @@ def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) 
             here = torch.nonzero((column >= 0) & (column < len(candidates))).flatten()
             beaten[query + here] -= above[here, column[here]].long()
     return beaten + 1
-
-
-def _global_query_mask(count: int, limit: int | None) -> np.ndarray:
-    mask = np.zeros(count, dtype=bool)
-    if limit is None or count <= limit:
-        mask[:] = True
-    else:
-        mask[np.linspace(0, count - 1, limit).round().astype(int)] = True
-    return mask
 
 
 def trivial_baselines(source: BatchSource, **evaluate_options) -> dict[str, dict]:

@@ -275,15 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     with lock or contextlib.nullcontext():
         try:
             dataset, references = prepare(args, plan, options, with_tables=not resuming)
-            if args.address:
-                print("  estimate: none for a cluster (its machines, not this one, run the "
-                      "trials)")
-            elif not device_available(options.device):
-                print(f"  estimate: none (device {options.device} is not on this machine)")
-            else:
-                estimate = estimate_sweep(plan, dataset, _local_slots(options),
-                                          options.cpus_per_trial, options.device)
-                print(format_estimate(estimate), flush=True)
+            print(estimate_line(args, plan, dataset, options), flush=True)
         except (DataError, SweepError) as error:
             ray.shutdown()
             print(f"error: {error}", file=sys.stderr)
@@ -296,6 +288,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_sweep(args, folder, plan, space, dataset, references, options, trackers,
                          resuming)
+
+
+def estimate_line(args, plan: Plan, dataset: Dataset, options: TrialOptions) -> str:
+    """The plan's wall-time estimate from timed steps on this machine, or why there is none."""
+    if args.address:
+        return "  estimate: none for a cluster (its machines, not this one, run the trials)"
+    if not device_available(options.device):
+        return f"  estimate: none (device {options.device} is not on this machine)"
+    return format_estimate(estimate_sweep(plan, dataset, _local_slots(options),
+                                          options.cpus_per_trial, options.device))
 
 
 def prepare(args, plan: Plan, options: TrialOptions,

@@ -85,8 +85,15 @@ class WindowSet:
         fixed across epochs and trials."""
         if limit <= 0 or len(self) <= limit:
             return self
-        return self.subset(np.unique(np.linspace(0, len(self) - 1, limit).round()
-                                     .astype(np.int64)))
+        return self.subset(evenly_spaced(len(self), limit))
+
+
+def evenly_spaced(count: int, limit: int) -> np.ndarray:
+    """Sorted positions of at most ``limit`` of range(count), evenly spaced, first and last
+    included (all of them when limit is 0 or count is no larger)."""
+    if limit <= 0 or count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,18 @@ DUPLICATE_BLOCK = 4096  # rows hashed at once (as uint64 words: 24 MB for 768-d)
 SIGNALS = ("forward_signal", "recency", "coherence")
 
 
-def lag_cosines(dataset: Dataset, max_lag: int = MAX_LAG) -> dict[str, list[float]]:
+def lag_cosines(dataset: Dataset, max_lag: int = MAX_LAG,
+                cosines: np.ndarray | None = None) -> dict[str, list[float]]:
     """Mean cos(c_i, c_{i+lag}) over chunk pairs inside one document, for lag 1..max_lag.
 
     Returns {"train" | "val": list of max_lag floats} (NaN where no document of the split is
-    long enough), from one block-wise pass over the table (metrics.lag_cosine_rows).
+    long enough), from one block-wise pass over the table: cosines, the first max_lag rows
+    of ``metrics.lag_cosine_rows(vectors, (1, 2, ...))``, when the caller has them.
     """
     lags = np.arange(1, max_lag + 1)
-    cosines = lag_cosine_rows(dataset.vectors, tuple(lags.tolist()))       # (max_lag, M)
+    if cosines is None:
+        cosines = lag_cosine_rows(dataset.vectors, tuple(lags.tolist()))
+    cosines = cosines[:max_lag]                                            # (max_lag, M)
     lengths = np.diff(dataset.offsets)
     row_document = np.repeat(np.arange(dataset.num_documents), lengths)
     # Rows still lag or more chunks before their document's end: the pairs inside it.
@@ -73,13 +77,16 @@ def inspect_dataset(dataset: Dataset, contexts: tuple[int, ...] = (5, 7),
         "lag_cosine": {},
         "contexts": {},
     }
+    # One pass gives every lag the curve and each K's signals need (rows lag-1 = lag).
+    progress("lag cosines")
+    cosines = lag_cosine_rows(dataset.vectors, tuple(range(1, max(MAX_LAG, *contexts) + 1)))
     if dataset.knows_documents:
-        progress("lag cosines")
-        report["lag_cosine"] = lag_cosines(dataset)
+        report["lag_cosine"] = lag_cosines(dataset, cosines=cosines)
     for context in contexts:
         progress(f"signals and trivial predictors for K={context}")
         try:
-            reference = reference_metrics(dataset, context, max_val_windows=max_val_windows)
+            reference = reference_metrics(dataset, context, max_val_windows=max_val_windows,
+                                          lag_rows=cosines[[0, context - 1]])
         except DataError as error:
             report["contexts"][str(context)] = {"error": str(error)}
             continue

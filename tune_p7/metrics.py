@@ -182,7 +182,8 @@ def trivial_baselines(source: BatchSource, **evaluate_options) -> dict[str, dict
 
 
 def reference_metrics(dataset: Dataset, context: int, global_queries: int | None = 4096,
-                      max_val_windows: int = 0) -> dict[str, dict]:
+                      max_val_windows: int = 0,
+                      lag_rows: np.ndarray | None = None) -> dict[str, dict]:
     """What every trial of context K is judged against: trivial predictors and data signals.
 
     Returns {"baselines": {predictor: {"val_<metric>": value}}, "signals": {"train" | "val":
@@ -190,14 +191,16 @@ def reference_metrics(dataset: Dataset, context: int, global_queries: int | None
     evaluates (at most ``max_val_windows``, evenly spaced, as TrainConfig.max_val_windows;
     0: all), under the names of a trial's val_* metrics plus "val_windows" (the count), and
     the directional signals of both splits over all their windows. global_queries: as in
-    :func:`evaluate`. The one place train, the sweep and ``python -m tune_p7.data inspect``
-    get these numbers from.
+    :func:`evaluate`. lag_rows: ``lag_cosine_rows(dataset.vectors, (1, context))`` when the
+    caller already has it (see :func:`data_signals`). The one place train, the sweep and
+    ``python -m tune_p7.data inspect`` get these numbers from.
     """
     splits = {split: dataset.windows(context, split) for split in ("train", "val")}
     evaluated = splits["val"].evenly_spaced(max_val_windows)
     table = device_table(dataset.vectors, "cpu")
     scores = trivial_baselines(BatchSource(evaluated, table), global_queries=global_queries)
-    lag_rows = lag_cosine_rows(dataset.vectors, (1, context))
+    if lag_rows is None:
+        lag_rows = lag_cosine_rows(dataset.vectors, (1, context))
     return {"baselines": {name: {f"val_{key}": value for key, value in metrics.items()}
                           for name, metrics in scores.items()},
             "signals": {split: data_signals(windows, lag_rows)

@@ -73,6 +73,9 @@ def test_same_seed_same_run_and_resume_continues_exactly(small_synthetic):
     assert strip(again) == strip(straight)
     assert strip(reloaded) == strip(straight)
     assert strip(resumed) == strip(straight)
+    # The state a run resumed from is left as it was: resuming from it again is exact too.
+    again_resumed = train(config, small_synthetic, resume_state=states[0]).history
+    assert strip(again_resumed) == strip(straight)
 
 
 def test_the_optimizer_is_fused_adamw_with_lambda_undecayed_on_cpu(small_synthetic):

@@ -97,6 +97,9 @@ class Run:
             "config": self.config.to_dict()})
 
     def restore(self, state: dict) -> None:
+        """Continue from ``state`` (Run.state); the caller's dict is left as it was (the
+        optimizer would otherwise keep its tensors and change them in the next epoch)."""
+        state = copy.deepcopy(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])

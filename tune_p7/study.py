@@ -28,11 +28,11 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tune_p7.files import atomic_path
 from tune_p7.plan import Plan
+from tune_p7.space import observed_param
 
 STUDY_FILE = "optuna.db"
 # Settings of how a trial runs, not what it computes: never study parameters.
@@ -78,23 +78,16 @@ def recorded_distributions(plan: Plan, searched: dict) -> dict:
     """{parameter: distribution} every trial of the study records.
 
     searched: the space's Optuna distributions. Added: each other TrainConfig field in which
-    a cell differs from the Optuna trials' settings (plan.fixed), over every value it takes:
-    an integer field as IntDistribution(min, max), a float one as FloatDistribution(min,
-    max), any other as CategoricalDistribution.
+    a cell differs from the Optuna trials' settings (plan.fixed), over every value it takes,
+    of the kind space.observed_param infers (integer range, float range or choices).
     """
     distributions = dict(searched)
     for name, base in plan.fixed.items():
         if name in searched or name in EXECUTION_FIELDS:
             continue
-        values = sorted({cell[name] for cell in plan.cells} | {base}, key=str)
-        if len(values) == 1:
-            continue
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            distributions[name] = IntDistribution(min(values), max(values))
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            distributions[name] = FloatDistribution(float(min(values)), float(max(values)))
-        else:
-            distributions[name] = CategoricalDistribution(values)
+        varied = observed_param(None, [base, *(cell[name] for cell in plan.cells)])
+        if varied is not None:
+            distributions[name] = varied.optuna()
     return distributions
 
 

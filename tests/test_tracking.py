@@ -2,8 +2,10 @@
 progress line and sweep.json's progress, the time estimate.
 
 One tiny real sweep with ``--log-to tensorboard,mlflow,wandb`` is shared by the module: it is
-killed (SIGKILL) while cells train, after the first trials ended, then resumed to the end; the test thread reads
-optuna.db and sweep.json while it runs. Every tracker writes locally (MLflow's SQLite store,
+killed (SIGKILL) while cells train, after the first trials ended, then resumed to the end; the
+test thread reads optuna.db and sweep.json while it runs. Before the resume, the interrupted
+cell is left as a kill at Ray's worst moment leaves it: the checkpoint Ray's saved state names
+is deleted, a later one that result.json records is there (Ray's num_to_keep=1 window). Every tracker writes locally (MLflow's SQLite store,
 W&B offline): no network.
 """
 
@@ -23,11 +25,12 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import write_tiny_space
+from conftest import reported, write_tiny_space
 from tune_p7 import analyze, results
 from tune_p7.config import TrainConfig
 from tune_p7.data import make_synthetic
 from tune_p7.estimate import wall_range
+from tune_p7.folder import newest_trial_data, read_params, resume_checkpoint
 from tune_p7.plan import EpochBudget
 from tune_p7.sweep_progress import TrialCount, format_progress, measure
 from tune_p7.study import fail_stale_trials
@@ -54,7 +57,8 @@ def tracked(tmp_path_factory) -> dict:
     """
     root = tmp_path_factory.mktemp("tracked")
     space = write_tiny_space(root / "space.yaml", epochs=3, optuna_trials=3)
-    vectors, offsets = make_synthetic(num_docs=40, dim=16, min_chunks=12, max_chunks=20, seed=3)
+    # 200 documents: epochs of about a second, so the kill lands inside a cell's run.
+    vectors, offsets = make_synthetic(num_docs=200, dim=16, min_chunks=12, max_chunks=20, seed=3)
     np.savez(root / "data.npz", vectors=vectors, offsets=offsets)
     command = [sys.executable, "-m", "tune_p7.sweep", "--space", str(space), "--data",
                str(root / "data.npz"), "--storage-path", str(root), "--name", "watched",
@@ -70,11 +74,12 @@ def tracked(tmp_path_factory) -> dict:
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed = read_study(sweep_dir)
+    staged = stage_deleted_checkpoint(sweep_dir / "ray" / "sweep")
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return {"dir": sweep_dir, "first": log.read_text(), "resumed": resumed.stdout,
-            "running": running, "killed": killed, "progress": progress,
+            "running": running, "killed": killed, "progress": progress, "staged": staged,
             "trials": pd.read_parquet(sweep_dir / "trials.parquet"),
             "history": pd.read_parquet(sweep_dir / "history.parquet")}
 
@@ -99,6 +104,26 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float
         time.sleep(0.5)
     process.kill()
     pytest.fail(f"never saw {until.pattern!r}:\n{log.read_text()[-3000:]}")
+
+
+def stage_deleted_checkpoint(experiment_dir: Path) -> str:
+    """Leave an interrupted cell as a kill inside Ray's num_to_keep window does: the checkpoint
+    its saved state names is gone and a later one, recorded by result.json, is there (here the
+    same state under the later name). Returns (its result.json, the epoch that state holds)."""
+    for trial, metadata in newest_trial_data(experiment_dir):
+        named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
+        if not named or trial["status"] == "TERMINATED" or not read_params(trial_dir)["cell"]:
+            continue
+        newest = max(int(path.name.split("_")[1]) for path in trial_dir.glob("checkpoint_*"))
+        later = f"checkpoint_{newest + 1:06d}"
+        (trial_dir / named).rename(trial_dir / later)
+        results = trial_dir / "result.json"
+        epoch = next(line["epoch"] for line in reported(results)
+                     if line.get("checkpoint_dir_name") == named)
+        results.write_text(results.read_text().replace(f'"checkpoint_dir_name": "{named}"',
+                                                       f'"checkpoint_dir_name": "{later}"'))
+        return results, epoch
+    pytest.fail("no interrupted cell with a checkpoint at the kill")
 
 
 def read_study(sweep_dir: Path) -> list[tuple]:
@@ -170,6 +195,12 @@ def test_a_resumed_sweep_continues_the_same_study(tracked):
             assert values.items() <= after[number][1].items()
             continued += 1
     assert continued >= 1  # the cell that was at epoch 2
+    # The cell whose named checkpoint was gone continued from the later one, not from nothing.
+    results, epoch = tracked["staged"]
+    lines = reported(results)
+    resumed = [line["epoch"] for line in lines if line["pid"] != lines[0]["pid"]]
+    assert resumed == list(range(epoch + 1, 4))
+    assert tracked["trials"].set_index("trial_id").status[lines[0]["trial_id"]] == "complete"
     assert "resuming sweep watched" in tracked["resumed"]
 
 

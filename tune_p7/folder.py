@@ -26,6 +26,7 @@ import pickle
 import re
 import shutil
 import socket
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,10 +277,12 @@ class ReportedEpochs:
     resumed trial reports the epochs after its checkpoint again, and the last report of an
     epoch wins. done_at: the epoch of the last line if Ray marked it ``done`` (it marks the
     result it stopped a trial at, and sometimes a finished trial's last), else None.
+    checkpoints: the checkpoint folder names (checkpoint_<n>) the lines record, in order.
     """
 
     epochs: list[dict]
     done_at: int | None
+    checkpoints: tuple[str, ...] = ()
 
     def values(self, metric: str) -> dict[int, float]:
         """{epoch: value of ``metric``} (None where an epoch did not report it)."""
@@ -290,7 +293,7 @@ def read_results(path: Path) -> ReportedEpochs:
     """The one reader of Ray's result.json (see ReportedEpochs); a missing file is no
     epochs, and a half-written last line (the trial is writing it now) is skipped."""
     by_epoch: dict[int, dict] = {}
-    done_at = None
+    done_at, checkpoints = None, []
     lines = path.read_text().splitlines() if path.is_file() else []
     for line in lines:
         try:
@@ -301,7 +304,10 @@ def read_results(path: Path) -> ReportedEpochs:
         metrics = {k: v for k, v in result.items() if k not in RAY_FIELDS and k != "epoch"}
         by_epoch[epoch] = {"epoch": epoch, **metrics}
         done_at = epoch if result.get("done") else None
-    return ReportedEpochs([by_epoch[epoch] for epoch in sorted(by_epoch)], done_at)
+        if result.get("checkpoint_dir_name"):
+            checkpoints.append(result["checkpoint_dir_name"])
+    return ReportedEpochs([by_epoch[epoch] for epoch in sorted(by_epoch)], done_at,
+                          tuple(checkpoints))
 
 
 def read_history(path: Path, metric: str) -> tuple[dict[int, float], int | None]:
@@ -358,20 +364,40 @@ def ray_trial_states(experiment_dir: Path) -> dict[str, dict]:
     is Ray's, so anything unexpected yields {} and the status falls back to error.txt and
     sweep.json.
     """
+    return {trial["relative_logdir"]: {"status": trial["status"], "trial_id": trial["trial_id"]}
+            for trial, _ in newest_trial_data(experiment_dir)}
+
+
+def newest_trial_data(experiment_dir: Path) -> list[tuple[dict, str]]:
+    """[(trial's JSON state as a dict, its run metadata as Ray's JSON text)] from Ray's newest
+    experiment_state-*.json; [] when there is none or its layout is not the expected one."""
     # Names carry the session's start time (experiment_state-YYYY-MM-DD_HH-MM-SS.json), so
     # name order is session order; modification times are not: after a resume Ray copies
     # the older session's file again on every sync.
     snapshots = sorted(experiment_dir.glob("experiment_state-*.json"))
     if not snapshots:
-        return {}
+        return []
     try:
         trial_data = json.loads(snapshots[-1].read_text())["trial_data"]
-        trials = [json.loads(entry[0]) for entry in trial_data]
-        return {trial["relative_logdir"]: {"status": trial["status"],
-                                           "trial_id": trial["trial_id"]}
-                for trial in trials}
+        trials = [(json.loads(entry[0]), entry[1]) for entry in trial_data]
+        if all({"relative_logdir", "status", "trial_id"} <= set(trial) for trial, _ in trials):
+            return trials
     except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-        return {}
+        pass
+    return []
+
+
+def resume_checkpoint(run_metadata: str) -> str | None:
+    """The folder name (checkpoint_<n>) of the checkpoint Ray's state would restore a trial
+    from, from the trial's run metadata in an experiment_state file; None if it has none or
+    the layout is not the expected one."""
+    try:
+        manager = json.loads(run_metadata)["checkpoint_manager"]
+        # Ray's _CheckpointManager, cloudpickled into the state file Ray itself wrote.
+        latest = pickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
+        return Path(latest.checkpoint.path).name if latest is not None else None
+    except Exception:  # any other layout (another Ray version) is "unknown"
+        return None
 
 
 def repair_experiment_state(experiment_dir: Path) -> None:
@@ -382,6 +408,8 @@ def repair_experiment_state(experiment_dir: Path) -> None:
     Every state file of such a session is removed, so Ray restores from the previous
     complete snapshot; trial folders that snapshot does not know and whose params.json is
     truncated (the trial had just been created) are removed too, as Ray will create them again.
+    An unfinished trial whose state names a checkpoint Ray had already deleted gets its newest
+    complete one under that name (restore_named_checkpoint).
     """
     sessions = sorted({path.name.split("-", 1)[1].rsplit(".", 1)[0]
                        for path in experiment_dir.glob("experiment_state-*.json")})
@@ -392,10 +420,43 @@ def repair_experiment_state(experiment_dir: Path) -> None:
             break
         for path in files:
             path.unlink()
-    known = set(ray_trial_states(experiment_dir))
+    trials = newest_trial_data(experiment_dir)
+    known = {trial["relative_logdir"] for trial, _ in trials}
     for params in experiment_dir.glob("*/params.json"):
         if params.parent.name not in known and not readable(params):
             shutil.rmtree(params.parent)
+    for trial, metadata in trials:
+        named = resume_checkpoint(metadata)
+        if named and trial["status"] not in ("TERMINATED", "ERROR"):  # Ray resumes it
+            restore_named_checkpoint(experiment_dir / trial["relative_logdir"], named)
+
+
+def restore_named_checkpoint(trial_dir: Path, named: str, file: str = "state.pt") -> None:
+    """Put the trial's newest recorded checkpoint under the name Ray's state restores from.
+
+    With CheckpointConfig(num_to_keep=1) Ray deletes a trial's previous checkpoint as soon as
+    it registers the next one (after logging that epoch's result.json line), and saves the
+    state naming the new one a moment later; a hard kill in between leaves a state naming a
+    deleted folder, and Tuner.restore then fails the trial ("does not exist on storage
+    anymore"). The newest checkpoint that a result.json line records and whose ``file`` is a
+    whole torch file (a zip; a kill mid-copy leaves it truncated) is renamed to ``named``, so
+    the trial continues from it with every epoch before it on record; the checkpoints after
+    ``named`` are removed, as the resumed trial writes those names again. Nothing changes
+    when ``named`` exists.
+    """
+    if not trial_dir.is_dir() or (trial_dir / named).exists():
+        return
+    later = sorted((path for path in trial_dir.glob("checkpoint_*") if path.name > named),
+                   reverse=True)
+    recorded = set(read_results(trial_dir / "result.json").checkpoints)
+    complete = next((path for path in later
+                     if path.name in recorded and zipfile.is_zipfile(path / file)), None)
+    if complete is None:
+        return  # nothing to continue from: Ray reports the missing checkpoint
+    complete.rename(trial_dir / named)
+    for path in later:
+        if path != complete:
+            shutil.rmtree(path)
 
 
 def readable(path: Path) -> bool:

@@ -109,7 +109,17 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float
 def stage_deleted_checkpoint(experiment_dir: Path) -> str:
     """Leave an interrupted cell as a kill inside Ray's num_to_keep window does: the checkpoint
     its saved state names is gone and a later one, recorded by result.json, is there (here the
-    same state under the later name). Returns (its result.json, the epoch that state holds)."""
+    same state under the later name). Returns (its result.json, the epoch that state holds).
+
+    The killed driver's trial workers live on for a moment and may still write a checkpoint
+    (under the next name); the folder is staged once they are gone.
+    """
+    workers = {line["pid"] for result in experiment_dir.glob("*/result.json")
+               for line in reported(result)}
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived the killed driver"
+        time.sleep(0.2)
     for trial, metadata in newest_trial_data(experiment_dir):
         named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
         if not named or trial["status"] == "TERMINATED" or not read_params(trial_dir)["cell"]:
@@ -124,6 +134,15 @@ def stage_deleted_checkpoint(experiment_dir: Path) -> str:
                                                        f'"checkpoint_dir_name": "{later}"'))
         return results, epoch
     pytest.fail("no interrupted cell with a checkpoint at the kill")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (the orphaned workers' new parent reaps them)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def read_study(sweep_dir: Path) -> list[tuple]:

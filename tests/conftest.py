@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tune_p7.data import chunk_dataset, make_synthetic
+from tune_p7.folder import read_results
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +94,22 @@ def wait_for_line(process, needle, timeout=90):
     raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
 
 
-def result_files(sweep_dir, trials):
-    """{trial_id: result.json text} of the given trials."""
-    return {row.trial_id: (sweep_dir / row.trial_dir / "result.json").read_text()
+TIMINGS = ("seconds", "sequences_per_second")
+
+
+def without_timings(epochs: list[dict]) -> list[dict]:
+    """Epoch metrics without the wall-clock ones, which differ between any two runs."""
+    return [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in epochs]
+
+
+def recorded_epochs(sweep_dir, trials) -> dict[str, list[dict]]:
+    """{trial_id: its result.json's epochs without wall-clock fields} of the given trials.
+
+    A trial that had ended may still run its last epoch again after a resume, when the
+    interrupted session's saved state had not yet taken in its last checkpoint (docs/sweep.md,
+    "Resume"): training is deterministic, so only those fields can differ."""
+    return {row.trial_id: without_timings(
+                read_results(sweep_dir / row.trial_dir / "result.json").epochs)
             for row in trials.itertuples()}
 
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from conftest import TINY_SPACE, reported, run_sweep, start_sweep, sweep_command, \
-    wait_for_line, write_chunk_file
+    wait_for_line, without_timings, write_chunk_file
 from tune_p7 import analyze, confirm, sweep, train
 from tune_p7.data import load_dataset
 from tune_p7.folder import FolderInUse, SweepFolder, read_params, read_results
@@ -34,12 +34,6 @@ NO_CUDA = (f"this torch ({torch.__version__}) is built without CUDA; use --devic
            f"auto, or install a CUDA build of torch.")
 NO_MPS = ("MPS is not available here (it needs a Mac with Apple silicon and a torch built "
           "for it); use --device cpu or auto.")
-TIMINGS = ("seconds", "sequences_per_second")
-
-
-def without_timings(epochs: list[dict]) -> list[dict]:
-    """Epoch metrics without the wall-clock ones, which differ between any two runs."""
-    return [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in epochs]
 
 
 # ---------------------------------------------------------------------------------------

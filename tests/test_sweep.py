@@ -12,7 +12,7 @@ import yaml
 from optuna import load_study
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, result_files, run_sweep, start_sweep, sweep_command, \
+from conftest import TINY_SPACE, recorded_epochs, run_sweep, start_sweep, sweep_command, \
     wait_for_line
 from tune_p7.folder import read_history
 from tune_p7.plots import PLOT_FILES
@@ -102,7 +102,7 @@ def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_da
     trials = pd.read_parquet(sweep_dir / "trials.parquet")
     finished = trials[trials.status == "complete"]
     assert len(finished) >= 1 and len(trials) >= 1
-    before = result_files(sweep_dir, finished)
+    before = recorded_epochs(sweep_dir, finished)
 
     second = start_sweep(sweep_command(tiny_data, tmp_path, "resumed", "--resume"))
     wait_for_line(second, "epoch ")  # training again
@@ -117,8 +117,8 @@ def test_interrupted_sweep_resumes_to_completion_keeping_finished_trials(tiny_da
     assert (cells.epochs_run == 6).all()
     assert len(trials[trials.phase == "optuna"]) == 3
     assert trials.status.isin(["complete", "stopped_early"]).all()
-    after = result_files(sweep_dir, trials[trials.trial_id.isin(before)])
-    assert after == before  # finished trials kept as they were
+    after = recorded_epochs(sweep_dir, trials[trials.trial_id.isin(before)])
+    assert after == before  # finished trials kept as they were (timings aside)
 
 
 def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_path):
@@ -138,7 +138,7 @@ def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_
         # Ray marks no result of an interrupted trial done, so resuming does not stop it.
         assert read_history(sweep_dir / row.trial_dir / "result.json", "val_margin")[1] is None
     ended = optuna[optuna.status.isin(["complete", "stopped_early"])]
-    before = result_files(sweep_dir, ended)
+    before = recorded_epochs(sweep_dir, ended)
 
     done = run_sweep(sweep_command(tiny_data, tmp_path, "asha", "--resume"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -149,7 +149,7 @@ def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_
     # Every trial ended, read from the resumed session's state (not the older session's,
     # which Ray copies again with every sync and so can carry the newest mtime).
     assert optuna.status.isin(["complete", "stopped_early"]).all(), optuna.status
-    assert result_files(sweep_dir, optuna[optuna.trial_id.isin(before)]) == before
+    assert recorded_epochs(sweep_dir, optuna[optuna.trial_id.isin(before)]) == before
 
 
 def test_resume_refuses_a_different_plan(tiny_data, tmp_path):

@@ -5,8 +5,8 @@ One tiny real sweep with ``--log-to tensorboard,mlflow,wandb`` is shared by the 
 killed (SIGKILL) while cells train, after the first trials ended, then resumed to the end; the
 test thread reads optuna.db and sweep.json while it runs. Before the resume, the interrupted
 cell is left as a kill at Ray's worst moment leaves it: the checkpoint Ray's saved state names
-is deleted, a later one that result.json records is there (Ray's num_to_keep=1 window). Every tracker writes locally (MLflow's SQLite store,
-W&B offline): no network.
+is deleted, a later one that result.json records is there (Ray's num_to_keep=1 window). Every
+tracker writes locally (MLflow's SQLite store, W&B offline): no network.
 """
 
 import json
@@ -106,7 +106,7 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float
     pytest.fail(f"never saw {until.pattern!r}:\n{log.read_text()[-3000:]}")
 
 
-def stage_deleted_checkpoint(experiment_dir: Path) -> str:
+def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
     """Leave an interrupted cell as a kill inside Ray's num_to_keep window does: the checkpoint
     its saved state names is gone and a later one, recorded by result.json, is there (here the
     same state under the later name). Returns (its result.json, the epoch that state holds).

@@ -39,6 +39,7 @@ from tune_p7.plan import Plan
 PLAN_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
 RAY_FOLDER = "ray"
+CHECKPOINT_FILE = "state.pt"  # train's state in each checkpoint_<n>/ (tune_p7.trainable)
 RUN_STATE = ("state", "host", "pid", "progress")  # sweep.json keys that are not the plan
 # Fields Ray adds to every reported result; everything else in result.json is a metric.
 RAY_FIELDS = frozenset({
@@ -346,9 +347,10 @@ def trial_id(trial_dir: Path, ray_trial_id: str | None) -> str:
     return match.group(1) if match else trial_dir.name
 
 
-def latest_checkpoint(trial_dir: Path, file: str = "state.pt") -> Path | None:
-    """trial_dir/checkpoint_<n>/<file> with the highest n, or None."""
-    found = sorted(trial_dir.glob(f"checkpoint_*/{file}"), key=lambda path: path.parent.name)
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    """trial_dir/checkpoint_<n>/state.pt with the highest n, or None."""
+    found = sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"),
+                   key=lambda path: path.parent.name)
     return found[-1] if found else None
 
 
@@ -431,14 +433,14 @@ def repair_experiment_state(experiment_dir: Path) -> None:
             restore_named_checkpoint(experiment_dir / trial["relative_logdir"], named)
 
 
-def restore_named_checkpoint(trial_dir: Path, named: str, file: str = "state.pt") -> None:
+def restore_named_checkpoint(trial_dir: Path, named: str) -> None:
     """Put the trial's newest recorded checkpoint under the name Ray's state restores from.
 
     With CheckpointConfig(num_to_keep=1) Ray deletes a trial's previous checkpoint as soon as
     it registers the next one (after logging that epoch's result.json line), and saves the
     state naming the new one a moment later; a hard kill in between leaves a state naming a
     deleted folder, and Tuner.restore then fails the trial ("does not exist on storage
-    anymore"). The newest checkpoint that a result.json line records and whose ``file`` is a
+    anymore"). The newest checkpoint that a result.json line records and whose state.pt is a
     whole torch file (a zip; a kill mid-copy leaves it truncated) is renamed to ``named``, so
     the trial continues from it with every epoch before it on record; the checkpoints after
     ``named`` are removed, as the resumed trial writes those names again. Nothing changes
@@ -450,7 +452,8 @@ def restore_named_checkpoint(trial_dir: Path, named: str, file: str = "state.pt"
                    reverse=True)
     recorded = set(read_results(trial_dir / "result.json").checkpoints)
     complete = next((path for path in later
-                     if path.name in recorded and zipfile.is_zipfile(path / file)), None)
+                     if path.name in recorded and zipfile.is_zipfile(path / CHECKPOINT_FILE)),
+                    None)
     if complete is None:
         return  # nothing to continue from: Ray reports the missing checkpoint
     complete.rename(trial_dir / named)

@@ -18,10 +18,10 @@ import torch
 from ray import tune
 
 from tune_p7.data import Dataset
+from tune_p7.folder import CHECKPOINT_FILE
 from tune_p7.train import TrainConfig, train
 
 LABELS = ("phase", "cell")
-STATE_FILE = "state.pt"
 
 
 def p7_trainable(config: dict, dataset: Dataset) -> None:
@@ -37,7 +37,7 @@ def p7_trainable(config: dict, dataset: Dataset) -> None:
 def report_epoch(metrics: dict, state: dict) -> None:
     """Report one epoch's metrics to Tune with train's state as the checkpoint."""
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / STATE_FILE)
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -47,4 +47,5 @@ def checkpoint_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
+                          weights_only=True)

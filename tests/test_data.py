@@ -164,6 +164,17 @@ def test_block_wise_checks_name_the_first_bad_row_across_blocks(chunk_file, monk
         load_dataset(chunk_file(contexts=contexts, targets=unit_rows(6)))
 
 
+def test_a_finite_row_whose_norm_overflows_is_not_called_non_finite(chunk_file):
+    # The check finds NaN/inf rows through their norms; 1e30 squared overflows float32 too.
+    vectors = unit_rows(20)
+    vectors[3] *= 1e30
+    vectors[7, 1] = np.nan
+    with pytest.raises(DataError, match=r"has 1 rows with NaN or inf \(first at row 7\)"):
+        load_dataset(chunk_file(vectors=vectors, offsets=np.array([0, 10, 20])))
+    vectors[7, 1] = 0.5
+    assert load_dataset(chunk_file(vectors=vectors, offsets=np.array([0, 10, 20]))).dim == 8
+
+
 def test_a_float16_table_stays_float16_and_uncopied(chunk_file):
     vectors = unit_rows(20).astype(np.float16)
     dataset = load_dataset(chunk_file(vectors=vectors, offsets=np.array([0, 10, 20])))

@@ -224,10 +224,12 @@ def data_signals(windows: WindowSet, lag_rows: np.ndarray | None = None) -> dict
     last = starts + context - 1
     cos_next = next_row[last]
     # Each adjacent pair inside any window once, though windows overlap.
-    pair_starts = np.unique(starts[:, None] + np.arange(context))
+    in_pair = np.zeros(len(next_row), dtype=bool)
+    for offset in range(context):
+        in_pair[starts + offset] = True
     return {"forward_signal": float(np.mean(cos_next - next_row[last - 1], dtype=np.float64)),
             "recency": float(np.mean(cos_next - k_ahead[starts], dtype=np.float64)),
-            "coherence": float(np.mean(next_row[pair_starts], dtype=np.float64)),
+            "coherence": float(np.mean(next_row[in_pair], dtype=np.float64)),
             "windows": len(windows)}
 
 
@@ -236,17 +238,19 @@ def lag_cosine_rows(vectors: np.ndarray, lags: tuple[int, ...]) -> np.ndarray:
 
     NaN where r + lag lies past the table; rows of different documents are not told apart
     (callers index only pairs inside one document). One pass over contiguous row blocks,
-    each cast to float32 and normalized once, so memory stays at a block whatever M and the
-    table's dtype.
+    each cast to float32 once, so memory stays at a block whatever M and the table's dtype;
+    cos = x_r . x_s / (|x_r| |x_s|) from row dot products (einsum: no (rows, D) temporary).
     """
     count, reach = len(vectors), max(lags)
     cosines = np.full((len(lags), count), np.nan, dtype=np.float32)
     for block in row_blocks(count):
-        unit = vectors[block.start:min(block.stop + reach, count)].astype(np.float32)
-        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        rows = device_table(vectors[block.start:min(block.stop + reach, count)],
+                            "cpu").float().numpy()
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
         for index, lag in enumerate(lags):
-            pairs = min(block.stop - block.start, len(unit) - lag)
+            pairs = min(block.stop - block.start, len(rows) - lag)
             if pairs > 0:
-                cosines[index, block.start:block.start + pairs] = np.einsum(
-                    "ij,ij->i", unit[:pairs], unit[lag:lag + pairs])
+                dots = np.einsum("ij,ij->i", rows[:pairs], rows[lag:lag + pairs])
+                cosines[index, block.start:block.start + pairs] = dots / (
+                    norms[:pairs] * norms[lag:lag + pairs])
     return cosines

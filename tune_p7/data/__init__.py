@@ -287,12 +287,15 @@ def _check_vectors(array: np.ndarray, name: str, key: str, rank: int) -> np.ndar
                             f"or float32 vectors.")
         array = array.astype(np.float32)
     rows = array.reshape(-1, array.shape[-1])
-    non_finite = np.concatenate([np.flatnonzero(~np.isfinite(rows[block]).all(axis=1))
-                                 + block.start for block in row_blocks(len(rows))])
+    norms = row_norms(rows)
+    # A row with NaN or inf has a NaN or inf norm; so may a finite float32 row whose squares
+    # overflow, so only the rows the norms point at are checked element by element.
+    suspects = np.flatnonzero(~np.isfinite(norms))
+    non_finite = suspects[~np.isfinite(rows[suspects]).all(axis=1)]
     if len(non_finite):
         raise DataError(f"{name}: key '{key}' has {len(non_finite)} rows with NaN or inf "
                         f"(first at row {non_finite[0]}); re-embed those chunks or drop them.")
-    zero = np.flatnonzero(row_norms(rows) < ZERO_NORM)
+    zero = np.flatnonzero(norms < ZERO_NORM)
     if len(zero):
         raise DataError(f"{name}: key '{key}' has {len(zero)} all-zero rows (first at rows "
                         f"{zero[:5].tolist()}), the mark of a failed encoder batch; re-embed "
@@ -310,7 +313,8 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
     """(M,) float32 L2 norm of each row of an (M, D) table, computed in float32 blocks."""
     norms = np.empty(len(vectors), dtype=np.float32)
     for block in row_blocks(len(vectors)):
-        norms[block] = np.linalg.norm(vectors[block].astype(np.float32), axis=1)
+        rows = device_table(vectors[block], "cpu").float()
+        norms[block] = torch.linalg.vector_norm(rows, dim=1).numpy()  # one pass, no temporaries
     return norms
 
 

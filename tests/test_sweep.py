@@ -212,3 +212,24 @@ def test_val_data_is_in_the_plan_and_a_mismatched_one_is_refused_before_anything
     assert error == ("error: other-d.npz: vectors have D=8 but tiny.npz has D=16; --val-data "
                      "must be embedded with the same encoder as --data.")
     assert not (tmp_path / "paired").exists()
+
+
+def test_the_driver_keeps_the_object_stores_view_of_the_table_not_a_copy():
+    import ray
+
+    from tune_p7.data import load_dataset
+    from tune_p7.tuner import share_dataset
+
+    dataset = load_dataset("synthetic")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        shared, view = share_dataset(dataset)
+        assert np.array_equal(view.vectors, dataset.vectors)
+        assert not np.shares_memory(view.vectors, dataset.vectors)
+        assert not view.vectors.flags.writeable          # Ray's store, read-only
+        # A second get maps the very same memory: the view is the store's, not a copy.
+        again = ray.get(shared)
+        assert (again.vectors.__array_interface__["data"][0]
+                == view.vectors.__array_interface__["data"][0])
+    finally:
+        ray.shutdown()

@@ -37,7 +37,7 @@ from tune_p7.data import DataError, Dataset, load_dataset
 from tune_p7.devices import device_available
 from tune_p7.estimate import estimate_sweep, format_estimate, warm_up
 from tune_p7.folder import FolderInUse, SweepFolder, newest_sweep
-from tune_p7.metrics import reference_metrics
+from tune_p7.metrics import lag_cosine_rows, reference_metrics
 from tune_p7.plan import PLAN_ARGUMENTS, AshaPlan, OptunaPlan, Plan
 from tune_p7.progress import progress_printer
 from tune_p7.results import best_statement, leaderboard, write_tables
@@ -47,8 +47,8 @@ from tune_p7.study import STUDY_FILE, storage_url
 from tune_p7.trackers import (DEFAULT_TRACKERS, TRACKERS, TrackerError, default_mlflow_uri,
                               parse_trackers)
 from tune_p7.tuner import (METRIC, SweepError, TrialOptions, add_trial_arguments,
-                           check_resumable, check_shared_storage, run_sweep_trials, start_ray,
-                           trial_options)
+                           check_resumable, check_shared_storage, run_sweep_trials,
+                           share_dataset, start_ray, trial_options)
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.device), flush=True)
     with lock or contextlib.nullcontext():
         try:
-            dataset, references = prepare(args, plan, options, with_tables=not resuming)
+            dataset, shared, references = prepare(args, plan, options,
+                                                  with_tables=not resuming)
             print(estimate_line(args, plan, dataset, options), flush=True)
         except (DataError, SweepError) as error:
             ray.shutdown()
@@ -286,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if args.dry_run:
             return 0
-        return run_sweep(args, folder, plan, space, dataset, references, options, trackers,
-                         resuming)
+        return run_sweep(args, folder, plan, space, dataset, shared, references, options,
+                         trackers, resuming)
 
 
 def estimate_line(args, plan: Plan, dataset: Dataset, options: TrialOptions) -> str:
@@ -301,20 +302,26 @@ def estimate_line(args, plan: Plan, dataset: Dataset, options: TrialOptions) -> 
 
 
 def prepare(args, plan: Plan, options: TrialOptions,
-            with_tables: bool) -> tuple[Dataset, dict | None]:
-    """The validated dataset and (with_tables) its reference metrics per K, computed in a
-    thread while Ray starts (not on a dry run) and checks that one trial fits a node, with
-    torch's one-time start-up.
+            with_tables: bool) -> tuple[Dataset, ray.ObjectRef | None, dict | None]:
+    """(dataset, its ref in Ray's object store, {K: reference metrics} when with_tables).
 
-    Loading, checking and the reference metrics take seconds, and Ray's start mostly waits
-    for its processes. Raises DataError (the data) or SweepError (Ray refused, or no node
-    can hold a trial).
+    The dataset is loaded and validated and the reference metrics computed in a thread
+    while Ray starts (not on a dry run) and checks that one trial fits a node, with torch's
+    one-time start-up; then the table moves into the object store and the dataset returned
+    is the store's read-only view (share_dataset), so the driver holds no copy of its own.
+    On a dry run there is no Ray: the loaded dataset and no ref. Loading, checking and the
+    reference metrics take seconds, and Ray's start mostly waits for its processes. Raises
+    DataError (the data) or SweepError (Ray refused, or no node can hold a trial).
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         loading = pool.submit(load_data, plan, with_tables and not args.dry_run)
         if not args.dry_run:
             start_ray(args.address, args.dashboard, options)
-        return loading.result()
+        dataset, references = loading.result()
+    if args.dry_run:
+        return dataset, None, references
+    shared, view = share_dataset(dataset)
+    return view, shared, references
 
 
 def load_data(plan: Plan, with_tables: bool) -> tuple[Dataset, dict | None]:
@@ -330,8 +337,12 @@ def load_data(plan: Plan, with_tables: bool) -> tuple[Dataset, dict | None]:
         print(f"computing the data tables (signals, trivial predictors for K="
               f"{', '.join(map(str, plan.contexts()))}) while Ray starts", flush=True)
         queries, evaluated = plan.fixed["global_queries"] or None, plan.fixed["max_val_windows"]
-        references = {context: reference_metrics(dataset, context, queries, evaluated)
-                      for context in plan.contexts()}
+        contexts = plan.contexts()
+        # One pass over the table gives every K's signals: cosines of rows 1 and K apart.
+        lag_rows = lag_cosine_rows(dataset.vectors, (1, *contexts))
+        references = {context: reference_metrics(dataset, context, queries, evaluated,
+                                                 lag_rows[[0, index + 1]])
+                      for index, context in enumerate(contexts)}
     warm_up(dataset.dim, dataset.vectors.dtype)
     return dataset, references
 
@@ -342,8 +353,8 @@ def _local_slots(options: TrialOptions) -> int:
 
 
 def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
-              references: dict | None, options: TrialOptions, trackers: tuple[str, ...],
-              resuming: bool) -> int:
+              shared: ray.ObjectRef, references: dict | None, options: TrialOptions,
+              trackers: tuple[str, ...], resuming: bool) -> int:
     """Write the driver's files (a new sweep), run the experiment, write the tables, print
     the top. Ray is started and one trial fits on a node (see prepare); the plan and data
     tables are written only now (and, on a cluster, once the storage is shared), so a sweep
@@ -355,7 +366,7 @@ def run_sweep(args, folder: SweepFolder, plan: Plan, space: SearchSpace, dataset
             folder.write_plan(plan)
             folder.write_data_tables(references)
         print(format_data_summary(folder, dataset), flush=True)
-        _, interrupted = run_sweep_trials(folder, plan, space, dataset, options, trackers,
+        _, interrupted = run_sweep_trials(folder, plan, space, shared, options, trackers,
                                           plan.arguments.get("mlflow_uri"))
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,7 +6,8 @@
     grid, interrupted = run_fixed_trials(folder, "confirm-...", configs, dataset, options)
 
 Every experiment lives in the sweep folder (``ray/<experiment>``, tune_p7.folder), shares the
-dataset through Ray's object store (``tune.with_parameters``), reserves the same resources
+dataset through Ray's object store (``tune.with_parameters``; ``share_dataset`` puts it there
+once and gives the driver the store's view), reserves the same resources
 per trial, keeps one checkpoint per trial (train's state after its last epoch), retries a
 failed trial from it, prints one line per trial epoch and a progress line per ended trial,
 and continues with ``Tuner.restore`` when the folder already holds it. The sweep is one
@@ -341,8 +342,8 @@ def check_resumable(folder: SweepFolder) -> None:
                          f"as it is, or start a new sweep with another --name.")
 
 
-def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, dataset: Dataset,
-                     options: TrialOptions, trackers: tuple[str, ...] = DEFAULT_TRACKERS,
+def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace,
+                     dataset: Dataset | ray.ObjectRef, options: TrialOptions, trackers: tuple[str, ...] = DEFAULT_TRACKERS,
                      mlflow_uri: str | None = None):
     """The sweep as one Tune experiment ``ray/sweep``: the cells, then TPE trials; resumable.
 
@@ -351,7 +352,8 @@ def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, datase
     ``optuna.db``; the scheduler (tune_p7.scheduler.SeededASHA) never stops a cell and puts
     its values at the rungs as they arrive. So Optuna trials start while the last cells
     still run, and TPE and the rungs learn from each cell as it reports. trackers,
-    mlflow_uri: where results go besides the folder (tune_p7.trackers). On a resume Ray
+    mlflow_uri: where results go besides the folder (tune_p7.trackers). dataset: the
+    Dataset or its ref from share_dataset. On a resume Ray
     restores searcher, scheduler and callbacks as the sweep built them. Returns (ResultGrid,
     interrupted).
     """
@@ -384,8 +386,17 @@ def run_sweep_trials(folder: SweepFolder, plan: Plan, space: SearchSpace, datase
     return _fit(folder, tuner, total)
 
 
-def _trainable(dataset: Dataset, options: TrialOptions):
-    """The trainable with the dataset in the object store and the trial's resources."""
+def share_dataset(dataset: Dataset) -> tuple[ray.ObjectRef, Dataset]:
+    """Put ``dataset`` in Ray's object store once: (its ref, for the trials; the store's
+    read-only zero-copy view of it, for the driver to keep instead of its own copy, so the
+    table is held once on this machine). Ray must be started."""
+    shared = ray.put(dataset)
+    return shared, ray.get(shared)
+
+
+def _trainable(dataset: Dataset | ray.ObjectRef, options: TrialOptions):
+    """The trainable with the dataset in the object store (put there now unless it is a ref
+    from share_dataset) and the trial's resources."""
     return tune.with_resources(tune.with_parameters(p7_trainable, dataset=dataset),
                                options.bundle())
 

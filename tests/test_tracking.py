@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 from conftest import reported, write_tiny_space
 from tune_p7 import analyze, results
 from tune_p7.config import TrainConfig
-from tune_p7.data import make_synthetic
-from tune_p7.estimate import wall_range
+from tune_p7.data import load_dataset, make_synthetic
+from tune_p7.estimate import StepTiming, wall_range
 from tune_p7.folder import newest_trial_data, read_params, resume_checkpoint
 from tune_p7.plan import EpochBudget
 from tune_p7.sweep_progress import TrialCount, format_progress, measure
@@ -380,6 +380,16 @@ def test_the_wall_time_range_spreads_the_trials_over_the_slots():
     assert wall_range([10, 10, 10, 20], 2.0, 12, 2, 8, 2) == (49.0, 121.0)
     # One slot per trial: the longest trial bounds it.
     assert wall_range([10, 10, 10, 20], 2.0, 12, 2, 8, 100) == (20.0, 20.0)
+
+
+def test_an_epoch_is_timed_on_the_windows_it_trains_on_and_evaluates():
+    dataset = load_dataset("synthetic")
+    train, val = (len(dataset.windows(5, split)) for split in ("train", "val"))
+    timing = StepTiming(train_s_per_window=1.0, eval_s_per_window=0.001)
+    capped = TrainConfig(context=5, epoch_windows=100, max_val_windows=50, train_eval_windows=10)
+    assert timing.epoch_seconds(capped, dataset) == pytest.approx(100 + (50 + 10) * 0.001)
+    whole = TrainConfig(context=5, epoch_windows=0, max_val_windows=0, train_eval_windows=0)
+    assert timing.epoch_seconds(whole, dataset) == pytest.approx(train + (val + train) * 0.001)
 
 
 def test_the_dry_run_prints_a_time_estimate_from_timed_steps(tmp_path, capsys):

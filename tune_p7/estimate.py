@@ -7,7 +7,8 @@ Each distinct model cost among the cells and the Optuna trials (architecture, wi
 heads, batch, K, hard negatives, bf16) is timed once with tune_p7.train's own Run on random
 unit vectors of the data's width and dtype: one batch to warm up, then two timed batches
 and one timed evaluation. The seconds per training window and per evaluated
-window, times the dataset's windows, give the seconds per epoch of every trial. The wall
+window, times the windows an epoch trains on and evaluates (epoch_windows, max_val_windows),
+give the seconds per epoch of every trial. The wall
 time is a range, every Optuna trial stopped at the first rung .. none stopped, spread over
 ``slots`` trials at once: max(total trial time / slots, the longest trial). Ray's start, the
 tails where fewer trials than slots are left, and the end are not counted.
@@ -27,7 +28,7 @@ from tune_p7.config import TrainConfig
 from tune_p7.data import Dataset, chunk_dataset
 from tune_p7.plan import Plan
 from tune_p7.sweep_progress import format_duration
-from tune_p7.train import Run
+from tune_p7.train import Run, window_counts
 
 TIMED_BATCHES = 2        # timed training batches (after one warm-up batch)
 EVAL_WINDOWS = 128       # validation windows of the timed evaluation
@@ -45,12 +46,13 @@ class StepTiming:
     eval_s_per_window: float
 
     def epoch_seconds(self, config: TrainConfig, dataset: Dataset) -> float:
-        """Seconds of one epoch of ``config`` on ``dataset``: all its training windows,
-        its validation windows and the training windows it evaluates."""
-        train = len(dataset.windows(config.context, "train"))
-        val = len(dataset.windows(config.context, "val"))
-        train_eval = min(train, config.train_eval_windows or train)
-        return train * self.train_s_per_window + (val + train_eval) * self.eval_s_per_window
+        """Seconds of one epoch of ``config`` on ``dataset``: the training windows an epoch
+        trains on, the validation windows it evaluates and the training windows it
+        evaluates."""
+        counts = window_counts(config, dataset)
+        train_eval = min(counts.trained, config.train_eval_windows or counts.trained)
+        return (counts.per_epoch * self.train_s_per_window
+                + (counts.evaluated + train_eval) * self.eval_s_per_window)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -320,11 +320,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class WindowCounts(NamedTuple):
+    """Windows of one config on one dataset: all of each split, and those an epoch trains
+    on (epoch_windows) and an evaluation scores (max_val_windows)."""
+
+    trained: int
+    per_epoch: int
+    validated: int
+    evaluated: int
+
+
+def window_counts(config: TrainConfig, dataset: Dataset) -> WindowCounts:
+    """How many windows an epoch of ``config`` trains on and evaluates, of how many."""
+    trained, validated = (len(dataset.windows(config.context, split)) for split in ("train", "val"))
+    return WindowCounts(trained, min(config.epoch_windows or trained, trained), validated,
+                        min(config.max_val_windows or validated, validated))
+
+
 def describe_windows(config: TrainConfig, dataset: Dataset) -> str:
     """How many windows an epoch trains on and an evaluation scores, of how many."""
-    trained, validated = (len(dataset.windows(config.context, split)) for split in ("train", "val"))
-    per_epoch = min(config.epoch_windows or trained, trained)
-    evaluated = min(config.max_val_windows or validated, validated)
+    trained, per_epoch, validated, evaluated = window_counts(config, dataset)
     return (f"K={config.context}: {per_epoch:,} of {trained:,} training windows in each "
             f"epoch's seeded random subset, {evaluated:,} of {validated:,} validation windows "
             f"per evaluation (evenly spaced)")

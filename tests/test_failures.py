@@ -69,6 +69,25 @@ def test_sweep_and_confirm_refuse_the_device_before_ray_starts(tiny_data, tmp_pa
     assert not ray.is_initialized() and not (tmp_path / "gpu").exists()
 
 
+def test_a_missing_or_non_npz_data_file_is_refused_before_ray_starts(tiny_data, tmp_path,
+                                                                       capsys, monkeypatch):
+    def start_ray(*args):
+        raise AssertionError("Ray was started for a sweep whose data file is unusable")
+
+    monkeypatch.setattr(sweep, "start_ray", start_ray)
+    missing, text = tmp_path / "missing.npz", tmp_path / "vectors.txt"
+    text.write_text("0.1 0.2\n")
+    common = ["--space", str(TINY_SPACE), "--storage-path", str(tmp_path), "--name", "bad"]
+    assert sweep.main([*common, "--data", str(missing)]) == 2
+    assert capsys.readouterr().err == (f"error: {missing}: file not found; pass an existing "
+                                       f".npz file, 'default' or 'synthetic' to --data.\n")
+    assert sweep.main([*common, "--data", str(tiny_data), "--val-data", str(text)]) == 2
+    assert capsys.readouterr().err == (f"error: {text}: not an NPZ archive; save the arrays "
+                                       f"with numpy.savez (a single .npy or text file is not "
+                                       f"enough).\n")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_auto_device_is_shown_in_the_plan(tiny_data, tmp_path, capsys):
     chosen = "mps" if torch.backends.mps.is_available() else "cpu"
     assert sweep.main(["--space", str(TINY_SPACE), "--data", str(tiny_data), "--storage-path",

@@ -33,7 +33,7 @@ import ray
 from tune_p7 import __version__
 from tune_p7.analyze import EveryTrialFailed, write_outputs
 from tune_p7.config import TrainConfig
-from tune_p7.data import DataError, Dataset, load_dataset
+from tune_p7.data import DataError, Dataset, check_source, load_dataset
 from tune_p7.devices import device_available
 from tune_p7.estimate import estimate_sweep, format_estimate, warm_up
 from tune_p7.folder import FolderInUse, SweepFolder, newest_sweep
@@ -313,6 +313,9 @@ def prepare(args, plan: Plan, options: TrialOptions,
     reference metrics take seconds, and Ray's start mostly waits for its processes. Raises
     DataError (the data) or SweepError (Ray refused, or no node can hold a trial).
     """
+    for source in (plan.data, plan.val_data):
+        if source is not None:
+            check_source(source)  # a missing file is told now, not after Ray's start
     with ThreadPoolExecutor(max_workers=1) as pool:
         loading = pool.submit(load_data, plan, with_tables and not args.dry_run)
         if not args.dry_run:

@@ -241,14 +241,24 @@ def _shape_name(dataset: Dataset) -> str:
     return f"window-level with K={dataset.max_context}"
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
+def check_source(source: str | Path) -> None:
+    """Raise DataError unless ``source`` is "default", "synthetic" or an existing file that
+    starts as an NPZ does: the checks that take no time, so a caller can make them before
+    slow work (Ray's start) instead of after it."""
+    if str(source) in ("default", "synthetic"):
+        return
+    path = Path(source)
+    if not path.is_file():
         raise DataError(f"{path}: file not found; pass an existing .npz file, 'default' or "
                         f"'synthetic' to --data.")
     with open(path, "rb") as handle:
         if handle.read(4) != b"PK\x03\x04":  # every NPZ is a zip archive
             raise DataError(f"{path}: not an NPZ archive; save the arrays with numpy.savez "
                             f"(a single .npy or text file is not enough).")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    check_source(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}

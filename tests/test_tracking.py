@@ -109,10 +109,13 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float
 def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
     """Leave an interrupted cell as a kill inside Ray's num_to_keep window does: the checkpoint
     its saved state names is gone and a later one, recorded by result.json, is there (here the
-    same state under the later name). Returns (its result.json, the epoch that state holds).
+    same state under the later name). Returns (its result.json, the epoch of the newest
+    checkpoint result.json records that is there: the one a resume continues from).
 
     The killed driver's trial workers live on for a moment and may still write a checkpoint
-    (under the next name); the folder is staged once they are gone.
+    (under the next name); the folder is staged once they are gone. Where the kill itself
+    landed in that window (Ray deleted the named checkpoint after the next report, before
+    its next state save), the folder is left as it is.
     """
     workers = {line["pid"] for result in experiment_dir.glob("*/result.json")
                for line in reported(result)}
@@ -124,15 +127,19 @@ def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
         named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
         if not named or trial["status"] == "TERMINATED" or not read_params(trial_dir)["cell"]:
             continue
-        newest = max(int(path.name.split("_")[1]) for path in trial_dir.glob("checkpoint_*"))
-        later = f"checkpoint_{newest + 1:06d}"
-        (trial_dir / named).rename(trial_dir / later)
         results = trial_dir / "result.json"
-        epoch = next(line["epoch"] for line in reported(results)
-                     if line.get("checkpoint_dir_name") == named)
-        results.write_text(results.read_text().replace(f'"checkpoint_dir_name": "{named}"',
-                                                       f'"checkpoint_dir_name": "{later}"'))
-        return results, epoch
+        if (trial_dir / named).exists():
+            newest = max(int(path.name.split("_")[1])
+                         for path in trial_dir.glob("checkpoint_*"))
+            later = f"checkpoint_{newest + 1:06d}"
+            (trial_dir / named).rename(trial_dir / later)
+            results.write_text(results.read_text().replace(
+                f'"checkpoint_dir_name": "{named}"', f'"checkpoint_dir_name": "{later}"'))
+        recorded = [line["epoch"] for line in reported(results)
+                    if line.get("checkpoint_dir_name")
+                    and (trial_dir / line["checkpoint_dir_name"]).exists()]
+        assert recorded, f"{trial_dir}: no checkpoint that result.json records is there"
+        return results, recorded[-1]
     pytest.fail("no interrupted cell with a checkpoint at the kill")
 
 

@@ -40,10 +40,12 @@ TRIALS = len(CELLS) + 3
 PROGRESS = re.compile(r"^\[\s*\d+s\] progress  trials (\d+)/(\d+) done, epochs (\d+) of at "
                       r"most (\d+), \S+ elapsed, (about \S+–\S+ left|time left known after "
                       r"the first epochs)$", re.MULTILINE)
-# Kill the first run once a trial ended and a later cell is at epoch 2: that cell's epoch-1
-# checkpoint (and Ray's state with it) is saved, and a cell is never stopped, so the resume
-# must continue it in its own study trial.
-CELL_MID_RUN = re.compile(r"\] progress .*?\] baseline/\S+ +epoch 2/3", re.DOTALL)
+# Kill the first run once two trials ended (with 2 slots the fourth cell has then started,
+# so every cell is a trial of the study before the kill) and a later cell is at epoch 2:
+# that cell's epoch-1 checkpoint (and Ray's state with it) is saved, and a cell is never
+# stopped, so the resume must continue it in its own study trial.
+CELL_MID_RUN = re.compile(r"\] progress .*?\] progress .*?\] baseline/\S+ +epoch 2/3",
+                          re.DOTALL)
 OFFLINE_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
                "WANDB_DISABLE_CODE": "true", "WANDB_CONSOLE": "off"}
 

@@ -57,7 +57,6 @@ TRIVIAL_PREDICTORS: dict[str, Predictor] = {
     "copy_last": copy_last, "context_mean": context_mean, "orth_mean": orth_mean}
 
 
-@torch.no_grad()
 def evaluate(predict: Predictor, source: BatchSource, batch_size: int = 1024,
              global_queries: int | None = 4096, directional_only: bool = False) -> dict:
     """Metrics of ``predict`` on every window of ``source``, averaged over windows.
@@ -67,34 +66,58 @@ def evaluate(predict: Predictor, source: BatchSource, batch_size: int = 1024,
     pool stays all targets). None ranks every window. directional_only skips retrieval
     (used for the train-split margin). Returns {name: float} plus "windows" (count).
     """
-    sums = dict.fromkeys(DIRECTIONAL + RETRIEVAL, 0.0)
+    return evaluate_together({"": predict}, source, batch_size, global_queries,
+                             directional_only)[""]
+
+
+@torch.no_grad()
+def evaluate_together(predictors: dict[str, Predictor], source: BatchSource,
+                      batch_size: int = 1024, global_queries: int | None = 4096,
+                      directional_only: bool = False) -> dict[str, dict]:
+    """:func:`evaluate` of several predictors in one pass: {name: metrics}.
+
+    Each batch's windows, each document's candidate rows and each block of global
+    candidates are read (and cast, and normalized) once and scored against the predictions
+    of every predictor at once; each predictor's metrics are those evaluate gives it alone.
+    """
+    names = list(predictors)
+    sums = {name: dict.fromkeys(DIRECTIONAL + RETRIEVAL, 0.0) for name in names}
     count = len(source)
     query_mask = np.zeros(count, dtype=bool)
     query_mask[evenly_spaced(count, global_queries or 0)] = True
-    queries = []  # predictions of the global queries, ranked once all are known
+    queries = []  # (P, q, D) predictions of the global queries, ranked once all are known
     for start in range(0, count, batch_size):
         positions = torch.arange(start, min(start + batch_size, count), device=source.table.device)
         contexts, targets = source.batch(positions)
-        predictions = predict(contexts).float()
-        _add(sums, _directional(predictions, contexts, targets))
+        predictions = torch.stack([predictors[name](contexts).float() for name in names])
+        for name, predicted in zip(names, predictions):
+            _add(sums[name], _directional(predicted, contexts, targets))
         if directional_only:
             continue
         if source.doc_start is not None:
-            _add(sums, _rank_scores(_in_document_ranks(predictions, targets, positions, source), ""))
-        queries.append(predictions[torch.as_tensor(query_mask[start:start + len(positions)],
-                                                   device=positions.device)])
-    metrics = {name: sums[name] / count for name in DIRECTIONAL}
+            # The P predictors' queries side by side, as P times the batch's windows.
+            ranks = _in_document_ranks(predictions.flatten(0, 1), targets.repeat(len(names), 1),
+                                       positions.repeat(len(names)), source)
+            for name, own_ranks in zip(names, ranks.view(len(names), -1)):
+                _add(sums[name], _rank_scores(own_ranks, ""))
+        queries.append(predictions[:, torch.as_tensor(query_mask[start:start + len(positions)],
+                                                      device=positions.device)])
+    metrics = {name: {key: sums[name][key] / count for key in DIRECTIONAL} for name in names}
     if not directional_only:
         query_positions = torch.as_tensor(np.flatnonzero(query_mask), device=source.table.device)
-        ranks = _global_ranks(torch.cat(queries), query_positions, source, batch_size)
-        _add(sums, _rank_scores(ranks, "global_"))
+        ranks = _global_ranks(torch.cat(queries, dim=1).flatten(0, 1),
+                              query_positions.repeat(len(names)), source, batch_size)
+        for name, own_ranks in zip(names, ranks.view(len(names), -1)):
+            _add(sums[name], _rank_scores(own_ranks, "global_"))
         in_document = source.doc_start is not None
-        for name in RETRIEVAL:
-            global_name = name.startswith("global_")
-            denominator = len(query_positions) if global_name else count
-            metrics[name] = (sums[name] / denominator if (global_name or in_document)
-                             else float("nan"))
-    metrics["windows"] = count
+        for name in names:
+            for key in RETRIEVAL:
+                global_key = key.startswith("global_")
+                denominator = len(query_positions) if global_key else count
+                metrics[name][key] = (sums[name][key] / denominator
+                                      if (global_key or in_document) else float("nan"))
+    for name in names:
+        metrics[name]["windows"] = count
     return metrics
 
 
@@ -167,8 +190,11 @@ def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) 
         candidates = source.rows(target_rows[block:block + CANDIDATE_CHUNK])
         for query in range(0, len(predictions), batch_size):
             chosen = slice(query, query + batch_size)
-            above = predictions[chosen] @ candidates.T > own[chosen, None] + TIE_TOLERANCE
-            beaten[chosen] += above.sum(-1)
+            # In place, 1.0 where the candidate is above (scores - own > 0 exactly where
+            # scores > own): no second (queries, candidates) tensor; sums of ones are exact.
+            above = (predictions[chosen] @ candidates.T).sub_(
+                own[chosen, None] + TIE_TOLERANCE).gt_(0)
+            beaten[chosen] += above.sum(-1).long()
             column = positions[chosen] - block        # the query's own target in this block
             here = torch.nonzero((column >= 0) & (column < len(candidates))).flatten()
             beaten[query + here] -= above[here, column[here]].long()
@@ -176,9 +202,8 @@ def _global_ranks(predictions, positions, source: BatchSource, batch_size: int) 
 
 
 def trivial_baselines(source: BatchSource, **evaluate_options) -> dict[str, dict]:
-    """Metrics of every trivial predictor on the same windows: {name: metrics}."""
-    return {name: evaluate(predictor, source, **evaluate_options)
-            for name, predictor in TRIVIAL_PREDICTORS.items()}
+    """Metrics of every trivial predictor on the same windows, in one pass: {name: metrics}."""
+    return evaluate_together(TRIVIAL_PREDICTORS, source, **evaluate_options)
 
 
 def reference_metrics(dataset: Dataset, context: int, global_queries: int | None = 4096,

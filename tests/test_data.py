@@ -183,6 +183,19 @@ def test_a_float16_table_stays_float16_and_uncopied(chunk_file):
     assert in_memory.vectors is vectors
 
 
+def test_the_table_is_read_without_huge_pages_and_the_setting_comes_back(chunk_file):
+    multiarray = np._core.multiarray
+    before = multiarray._set_madvise_hugepage(True)
+    seen = []
+    try:
+        load_dataset(chunk_file(vectors=unit_rows(20), offsets=np.array([0, 10, 20])),
+                     progress=lambda message: seen.append(multiarray._get_madvise_hugepage()))
+        assert seen and not any(seen)  # off while reading and checking
+        assert multiarray._get_madvise_hugepage()  # as it was
+    finally:
+        multiarray._set_madvise_hugepage(before)
+
+
 def test_val_data_makes_the_second_file_the_whole_validation_split(chunk_file):
     train_file = chunk_file("train.npz", vectors=unit_rows(30), offsets=np.array([0, 10, 20, 30]),
                             val_doc_mask=np.array([False, True, False]))  # the file's own split

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tune_p7.data import BatchSource, chunk_dataset, device_table
-from tune_p7.metrics import copy_last, data_signals, evaluate, orth_mean, trivial_baselines
+from tune_p7.metrics import TRIVIAL_PREDICTORS, copy_last, data_signals, evaluate, orth_mean, \
+    trivial_baselines
 
 
 def crafted_dataset(acceleration=0.0):
@@ -87,6 +88,17 @@ def test_trivial_baselines_are_reported_side_by_side(small_synthetic):
     assert set(baselines) == {"copy_last", "context_mean", "orth_mean"}
     assert baselines["copy_last"]["margin"] < 0
     assert baselines["orth_mean"]["cos_prev"] == pytest.approx(0, abs=1e-5)
+
+
+def test_one_pass_over_all_trivial_predictors_gives_each_its_own_metrics(small_synthetic):
+    # The joint pass stacks the predictors' queries; ranks must not mix between predictors.
+    source = source_of(small_synthetic, context=5)
+    together = trivial_baselines(source, batch_size=37, global_queries=60)
+    for name, predictor in TRIVIAL_PREDICTORS.items():
+        alone = evaluate(predictor, source, batch_size=37, global_queries=60)
+        assert together[name].keys() == alone.keys()
+        for key, value in alone.items():
+            assert together[name][key] == pytest.approx(value, abs=1e-6), (name, key)
 
 
 # --- exact ranks (one score set, exclusion by index, ties) and streaming over far-apart documents

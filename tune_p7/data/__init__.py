@@ -193,7 +193,7 @@ def _small_pages():
 
     numpy asks the kernel for transparent huge pages on every array of 4 MB or more; where
     the kernel has to compact memory to back them, filling the fresh table costs far more
-    than reading it (a 1M x 768 float16 file on a 2-core VM: 30 s to load, 6 s without).
+    than reading it (benchmarks/README.md, "Scale": most of a 1M-chunk inspect on a VM).
     The table is read once, front to back, so huge pages buy nothing there.
     """
     multiarray = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1

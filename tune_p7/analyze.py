@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tune_p7 import plots, results, study
+from tune_p7 import command, plots, results, study
 from tune_p7.early_stopping import early_stopping_check, early_stopping_notes
 from tune_p7.files import atomic_path, write_json, write_text
 from tune_p7.folder import RAY_FOLDER, SweepFolder, latest_checkpoint
@@ -354,4 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command.run(main)

@@ -22,7 +22,7 @@ import sys
 
 import pandas as pd
 
-from tune_p7 import results
+from tune_p7 import command, results
 from tune_p7.data import DataError, load_dataset
 from tune_p7.folder import FolderInUse, SweepFolder
 from tune_p7.plan import Plan
@@ -259,4 +259,4 @@ def _prepare(args) -> tuple[Plan, pd.DataFrame, list[dict], str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command.run(main)

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tune_p7 import command
 from tune_p7.files import atomic_path
 
 MIN_CHUNKS = 8
@@ -611,4 +612,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command.run(main)

@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 
 
 import tune_p7
+from tune_p7 import command
 from tune_p7.files import UnreadableFile, read_yaml
 
 SWEEP_ENTRYPOINT = "python -u -m tune_p7.sweep"
@@ -601,4 +602,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command.run(main)

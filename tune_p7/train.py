@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from tune_p7 import command
 from tune_p7.config import BF16_SETTINGS, TrainConfig
 from tune_p7.data import BatchSource, DataError, Dataset, device_table, load_dataset
 from tune_p7.devices import resolve_device, uses_bf16
@@ -371,4 +372,4 @@ def format_epoch(metrics: dict, epochs: int | None = None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command.run(main)

@@ -163,6 +163,10 @@ def start_ray(address: str | None, dashboard: bool, options: TrialOptions | None
                 f"authentication, export RAY_AUTH_MODE=token and make its token findable "
                 f"(RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).") from None
     else:
+        # Ray says on stderr that token authentication is on: a private local Ray's
+        # default, and not news for a user whose error message should stand alone.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         # address="local": never attach to someone else's `ray start` on this machine.
         # (Ray 2.60 turns a node ip of 127.0.0.1 into the machine's address, so none is
         # given; its ports are protected by Ray's token authentication.)

@@ -66,6 +66,28 @@ def write_chunk_file(path: Path, num_docs: int, seed: int = 3) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory) -> dict:
+    """One tiny real sweep run to its end, shared by the tests that read a finished sweep
+    (test_sweep's smoke test, test_analyze): the four cells and a fifth, ``diverges``, whose
+    teacher weight makes its loss overflow; 4 TPE trials under ASHA (rung at epoch 2,
+    reduction factor 2); 60 documents; 2 trials at once. Returns its inputs (space, data,
+    storage), its folder and the finished command (stdout, stderr, exit code)."""
+    inputs = tmp_path_factory.mktemp("finished")
+    space = write_tiny_space(inputs / "space.yaml", optuna_trials=4, reduction_factor=2,
+                             extra_cells={"diverges": {"context": 5, "margin": 0.07,
+                                                       "anchor_lambda": 0.8,
+                                                       "weight_teacher": 1.0e+40}})
+    vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
+    np.savez(inputs / "data.npz", vectors=vectors, offsets=offsets)
+    storage = tmp_path_factory.mktemp("results")
+    done = run_sweep(sweep_command(inputs / "data.npz", storage, "tiny", "--max-concurrent", "2",
+                                   space=space))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"space": space, "data": inputs / "data.npz", "storage": storage,
+            "dir": storage / "tiny", "done": done}
+
+
 def sweep_command(data, storage, name, *extra, space: Path = TINY_SPACE):
     return [sys.executable, "-m", "tune_p7.sweep", "--space", str(space), "--data",
             str(data), "--storage-path", str(storage), "--name", name, *extra]

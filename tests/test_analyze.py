@@ -3,7 +3,8 @@ DataFrames, recomputable numbers, plots, the Optuna export, the analyze CLI, exp
 and a sweep interrupted with Ctrl-C.
 
 One tiny sweep (synthetic 16-d data, 1-layer model, 3 epochs, the four cells plus a cell
-that diverges, four Optuna trials under ASHA) is shared by the module.
+that diverges, four Optuna trials under ASHA; conftest.finished_sweep) is shared with
+test_sweep's smoke test.
 """
 
 import json
@@ -24,9 +25,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import write_tiny_space
 from tune_p7 import analyze, results
-from tune_p7.data import BatchSource, device_table, load_dataset, make_synthetic
+from tune_p7.data import BatchSource, device_table, load_dataset
 from tune_p7.metrics import evaluate
 from tune_p7.plots import PLOT_FILES
 from tune_p7.train import load_model
@@ -35,15 +35,9 @@ CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context", "diverg
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict:
-    """The tiny search space and dataset files."""
-    folder = tmp_path_factory.mktemp("inputs")
-    write_tiny_space(folder / "space.yaml", optuna_trials=4, reduction_factor=2, extra_cells={
-        "diverges": {"context": 5, "margin": 0.07, "anchor_lambda": 0.8, "weight_teacher": 1.0e+40}})
-    vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
-    np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
-    return {"space": folder / "space.yaml", "data": folder / "data.npz",
-            "storage": tmp_path_factory.mktemp("results")}
+def inputs(finished_sweep) -> dict:
+    """The shared finished sweep's space, data and storage (conftest.finished_sweep)."""
+    return finished_sweep
 
 
 def sweep_command(inputs: dict, name: str, *extra: str) -> list[str]:
@@ -53,11 +47,8 @@ def sweep_command(inputs: dict, name: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(inputs) -> Path:
-    done = subprocess.run(sweep_command(inputs, "tiny"), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return inputs["storage"] / "tiny"
+def sweep_dir(finished_sweep) -> Path:
+    return finished_sweep["dir"]
 
 
 @pytest.fixture(scope="module")

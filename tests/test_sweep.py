@@ -8,7 +8,6 @@ import signal
 
 import numpy as np
 import pandas as pd
-import yaml
 from optuna import load_study
 from optuna.trial import TrialState
 
@@ -32,29 +31,21 @@ TRIAL_COLUMNS = {
     "val_r_at_5", "train_margin", "seconds"} | set(TrainConfig().to_dict())
 
 
-def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_data, tmp_path):
-    space = yaml.safe_load(TINY_SPACE.read_text())
-    space["cells"]["diverging"] = {"context": 5, "lr": 1.0e30}  # NaN in the first epoch
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    command = sweep_command(tiny_data, tmp_path, "smoke", "--num-samples", "3")
-    command[command.index(str(TINY_SPACE))] = str(space_file)
-    done = run_sweep(command)
-    assert done.returncode == 0, done.stdout + done.stderr
-    sweep_dir = tmp_path / "smoke"
+def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(finished_sweep):
+    done, sweep_dir = finished_sweep["done"], finished_sweep["dir"]
     trials = pd.read_parquet(sweep_dir / "trials.parquet")
     history = pd.read_parquet(sweep_dir / "history.parquet")
 
     cells = trials[trials.phase == "baseline"].set_index("cell")
-    assert set(cells.index) == CELLS | {"diverging"}
+    assert set(cells.index) == CELLS | {"diverges"}
     assert (cells.loc[list(CELLS), "status"] == "complete").all()
     assert (cells.loc[list(CELLS), "epochs_run"] == 3).all()
     assert cells.loc["larger_context", "context"] == 7
-    assert cells.loc["diverging", "status"] == "error"
-    assert "diverged" in cells.loc["diverging", "error"]
+    assert cells.loc["diverges", "status"] == "error"
+    assert "diverged" in cells.loc["diverges", "error"]
 
     optuna = trials[trials.phase == "optuna"]
-    assert len(optuna) == 3 and (optuna.cell == "").all()
+    assert len(optuna) == 4 and (optuna.cell == "").all()
     assert optuna.status.isin(["complete", "stopped_early"]).all()
     assert optuna.margin.between(0.02, 0.20).all()
     assert optuna.temperature.between(0.02, 0.20).all()
@@ -72,14 +63,15 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(tiny_da
     assert {"context", "split", "forward_signal", "recency", "coherence", "windows"} <= set(
         signals.columns)
     plan = json.loads((sweep_dir / "sweep.json").read_text())
-    assert plan["state"] == "finished" and plan["space"]["cells"]["diverging"]["lr"] == 1e30
+    assert plan["state"] == "finished"
+    assert plan["space"]["cells"]["diverges"]["weight_teacher"] == 1e40
     assert "top 5 (trials that beat all three trivial predictors first" in done.stdout
     assert ("Best trial:" in done.stdout) != ("No trial beats all three" in done.stdout)
     # Cells and Optuna trials are one experiment, and every trial is in the live study.
     assert set(trials.experiment) == {"sweep"}
-    study = load_study(study_name="smoke", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    study = load_study(study_name="tiny", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     states = {trial.user_attrs["cell"] or trial.number: trial.state for trial in study.trials}
-    assert len(states) == len(trials) and states["diverging"] == TrialState.FAIL
+    assert len(states) == len(trials) and states["diverges"] == TrialState.FAIL
     # The data's short form comes before the first trial, with the trivial predictors.
     assert done.stdout.index("forward signal") < done.stdout.index("epoch 1/")
     assert "K=7:" in done.stdout and "orth_mean Δ" in done.stdout

@@ -1,16 +1,14 @@
 """tune_p7.confirm: confidence intervals by hand, and a real confirm run on a real tiny sweep."""
 
 import math
+import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_tiny_space
 from tune_p7 import confirm, results
-from tune_p7.data import make_synthetic
 
 
 
@@ -36,23 +34,17 @@ def test_welch_difference_of_two_samples():
 
 
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory):
-    """A real tiny sweep (4 cells + 1 Optuna trial, 2 epochs), then confirm --top 1 --seeds 2."""
-    folder = tmp_path_factory.mktemp("confirm")
-    write_tiny_space(folder / "space.yaml", epochs=2, optuna_trials=1, reduction_factor=2,
-                     startup_trials=1)
-    vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
-    np.savez(folder / "data.npz", vectors=vectors, offsets=offsets)
-    sweep = subprocess.run(
-        [sys.executable, "-m", "tune_p7.sweep", "--space", folder / "space.yaml", "--data",
-         folder / "data.npz", "--storage-path", folder, "--name", "s", "--max-concurrent", "2"],
-        capture_output=True, text=True, timeout=300)
-    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-    before = results.load_sweep(folder / "s").trials
-    run = subprocess.run([sys.executable, "-m", "tune_p7.confirm", folder / "s", "--top", "1",
+def confirmed(finished_sweep, tmp_path_factory):
+    """confirm --top 1 --seeds 2 on a copy of the shared finished sweep (conftest: 4 cells,
+    a diverging cell and 4 Optuna trials, 3 epochs); the copy keeps the original unchanged
+    for the other tests that read it."""
+    sweep_dir = tmp_path_factory.mktemp("confirm") / finished_sweep["dir"].name
+    shutil.copytree(finished_sweep["dir"], sweep_dir)
+    before = results.load_sweep(sweep_dir).trials
+    run = subprocess.run([sys.executable, "-m", "tune_p7.confirm", sweep_dir, "--top", "1",
                           "--seeds", "2", "--max-concurrent", "2"],
                          capture_output=True, text=True, timeout=300)
-    return folder / "s", before, run
+    return sweep_dir, before, run
 
 
 def test_confirm_reruns_top_configs_and_the_cell_on_new_seeds(confirmed):

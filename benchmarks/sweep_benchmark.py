@@ -49,10 +49,25 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent.parent
-# Runs the sweep's main() and writes this process's own CPU seconds (the driver's) to argv[1].
-RUNNER = ("import resource, sys; from tune_p7.sweep import main; code = main(sys.argv[2:]); "
-          "usage = resource.getrusage(resource.RUSAGE_SELF); "
-          "open(sys.argv[1], 'w').write(str(usage.ru_utime + usage.ru_stime)); sys.exit(code)")
+# Runs the sweep's main() as `python -m tune_p7.sweep` does and writes this process's own
+# CPU seconds (the driver's) to argv[1]. A --before checkout older than tune_p7.command
+# ends as its __main__ did then, with sys.exit.
+RUNNER = """
+import resource, sys
+from tune_p7.sweep import main
+
+def measured():
+    code = main(sys.argv[2:])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    open(sys.argv[1], "w").write(str(usage.ru_utime + usage.ru_stime))
+    return code
+
+try:
+    from tune_p7 import command
+except ImportError:
+    sys.exit(measured())
+command.run(measured)
+"""
 
 
 def run_sweep(out: Path, name: str, data: str, *flags: str,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tune_p7.data import chunk_dataset, make_synthetic
-from tune_p7.folder import read_results
+from tune_p7.folder import RAY_FIELDS, read_results
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +140,31 @@ def reported(result_json: Path) -> list[dict]:
     included; a line being written right now is left out."""
     text = result_json.read_text() if result_json.exists() else ""
     return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+
+def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> tuple[list[int], list[int]]:
+    """(epochs the lost worker reported, epochs reported after it) of a trial whose worker
+    was lost mid-run, checked to be one exact continuation.
+
+    The trial continues from the newest checkpoint Ray had registered: that of the lost
+    worker's last reported epoch, or of the one before when the worker went while Ray was
+    registering it (the epoch's line already in result.json). That epoch then runs again, and
+    training is deterministic, so to the same figures (timings and Ray's fields aside); the
+    history (read_results) holds every epoch once.
+    """
+    lines = reported(result_json)
+    before = [line for line in lines if line["pid"] == lost_pid]
+    after = [line for line in lines if line["pid"] != lost_pid]
+    assert before and after, "the trial was not restarted in another worker"
+    epochs_before, epochs_after = [l["epoch"] for l in before], [l["epoch"] for l in after]
+    assert epochs_before == list(range(1, len(before) + 1))
+    assert epochs_after == list(range(epochs_after[0], epochs_after[-1] + 1))
+    assert epochs_after[0] in (epochs_before[-1], epochs_before[-1] + 1), (epochs_before,
+                                                                          epochs_after)
+    if epochs_after[0] == epochs_before[-1]:
+        def figures(line):
+            return {k: v for k, v in line.items() if k not in RAY_FIELDS | set(TIMINGS)}
+        assert figures(after[0]) == figures(before[-1])
+    assert [epoch["epoch"] for epoch in read_results(result_json).epochs] == list(
+        range(1, epochs_after[-1] + 1))
+    return epochs_before, epochs_after

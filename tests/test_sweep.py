@@ -43,6 +43,11 @@ def test_smoke_sweep_runs_cells_and_optuna_and_records_a_diverging_trial(finishe
     assert cells.loc["larger_context", "context"] == 7
     assert cells.loc["diverges", "status"] == "error"
     assert "diverged" in cells.loc["diverges", "error"]
+    # Retried twice by default (--max-failures 2), Ray numbering each failure it records.
+    error_txt = sweep_dir / cells.loc["diverges", "trial_dir"] / "error.txt"
+    assert [line.split(" (")[0] for line in error_txt.read_text().splitlines()
+            if line.startswith("Failure # ")] == ["Failure # 1", "Failure # 2", "Failure # 3"]
+    assert "2 retries of a failed trial" in done.stdout
 
     optuna = trials[trials.phase == "optuna"]
     assert len(optuna) == 4 and (optuna.cell == "").all()

@@ -219,7 +219,8 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None,
     memory = f" + {options.memory_per_trial:g} GiB" if options.memory_per_trial else ""
     lines.append(f"  resources {options.cpus_per_trial} CPU + {options.gpus_per_trial:g} GPU"
                  f"{memory} per trial, concurrency {slots}, device {device}, worker "
-                 f"reuse {'on' if options.reuse_actors else 'off'}, on {where}")
+                 f"reuse {'on' if options.reuse_actors else 'off'}, "
+                 f"{options.max_failures} retries of a failed trial, on {where}")
     lines.append(f"  results {plan.sweep_dir}/trials.parquet, history.parquet (Ray's "
                  f"files under ray/)")
     lines += [f"  watch {command}" for command in watch_commands(plan)]

@@ -113,6 +113,10 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
                         help="start a fresh worker for every trial")
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="retries of a failed trial from its last epoch checkpoint, each "
+                             "on a fresh worker (default 2; 0 when failures are the config's "
+                             "own, e.g. a diverging learning rate)")
     parser.add_argument("--address", help="connect to a Ray cluster ('auto' or host:port) "
                                           "instead of starting Ray on this machine")
     parser.add_argument("--resource-wait", type=float, default=120.0,
@@ -134,12 +138,14 @@ def trial_options(args: argparse.Namespace) -> TrialOptions:
     if args.memory_per_trial < 0 or args.resource_wait < 0:
         raise SweepError(f"--memory-per-trial ({args.memory_per_trial}) and --resource-wait "
                          f"({args.resource_wait}) must be 0 or more.")
+    if args.max_failures < 0:
+        raise SweepError(f"--max-failures {args.max_failures} must be 0 (no retry) or more.")
     try:
         device = trial_device(args.device, args.gpus_per_trial, on_cluster=bool(args.address))
     except DeviceError as error:
         raise SweepError(str(error)) from None
     return TrialOptions(args.cpus_per_trial, args.gpus_per_trial, device,
-                        args.max_concurrent, args.reuse_actors,
+                        args.max_concurrent, args.reuse_actors, args.max_failures,
                         memory_per_trial=args.memory_per_trial, resource_wait=args.resource_wait)
 
 

@@ -142,9 +142,9 @@ def reported(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
 
 
-def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> tuple[list[int], list[int]]:
-    """(epochs the lost worker reported, epochs reported after it) of a trial whose worker
-    was lost mid-run, checked to be one exact continuation.
+def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> list[int]:
+    """The epochs reported after a trial's worker was lost mid-run, checked to continue the
+    lost worker's epochs exactly.
 
     The trial continues from the newest checkpoint Ray had registered: that of the lost
     worker's last reported epoch, or of the one before when the worker went while Ray was
@@ -156,7 +156,8 @@ def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> tuple[list[
     before = [line for line in lines if line["pid"] == lost_pid]
     after = [line for line in lines if line["pid"] != lost_pid]
     assert before and after, "the trial was not restarted in another worker"
-    epochs_before, epochs_after = [l["epoch"] for l in before], [l["epoch"] for l in after]
+    epochs_before = [line["epoch"] for line in before]
+    epochs_after = [line["epoch"] for line in after]
     assert epochs_before == list(range(1, len(before) + 1))
     assert epochs_after == list(range(epochs_after[0], epochs_after[-1] + 1))
     assert epochs_after[0] in (epochs_before[-1], epochs_before[-1] + 1), (epochs_before,
@@ -167,4 +168,4 @@ def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> tuple[list[
         assert figures(after[0]) == figures(before[-1])
     assert [epoch["epoch"] for epoch in read_results(result_json).epochs] == list(
         range(1, epochs_after[-1] + 1))
-    return epochs_before, epochs_after
+    return epochs_after

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from conftest import sweep_command
 from tune_p7 import analyze, results
 from tune_p7.data import BatchSource, device_table, load_dataset
 from tune_p7.metrics import evaluate
@@ -32,18 +33,6 @@ from tune_p7.plots import PLOT_FILES
 from tune_p7.train import load_model
 
 CELLS = {"baseline", "strong_anchor", "higher_margin", "larger_context", "diverges"}
-
-
-@pytest.fixture(scope="module")
-def inputs(finished_sweep) -> dict:
-    """The shared finished sweep's space, data and storage (conftest.finished_sweep)."""
-    return finished_sweep
-
-
-def sweep_command(inputs: dict, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tune_p7.sweep", "--space", str(inputs["space"]),
-            "--data", str(inputs["data"]), "--storage-path", str(inputs["storage"]),
-            "--name", name, "--max-concurrent", "2", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -299,14 +288,17 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout: float) -> None:
     pytest.fail(f"sweep never printed {text!r}: {''.join(seen)[-2000:]}")
 
 
-def test_a_sweep_interrupted_with_ctrl_c_reads_as_interrupted(inputs, capsys):
-    process = subprocess.Popen(sweep_command(inputs, "interrupted", "--epochs", "60",
-                                             "--num-samples", "0"),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_a_sweep_interrupted_with_ctrl_c_reads_as_interrupted(finished_sweep, capsys):
+    # The shared sweep's space and data, in a sweep of its own.
+    command = sweep_command(finished_sweep["data"], finished_sweep["storage"], "interrupted",
+                            "--max-concurrent", "2", "--epochs", "60", "--num-samples", "0",
+                            space=finished_sweep["space"])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     wait_for_line(process, "epoch 2/60", timeout=120)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
-    sweep_dir = inputs["storage"] / "interrupted"
+    sweep_dir = finished_sweep["storage"] / "interrupted"
     trials = results.load_sweep(sweep_dir).trials
     assert len(trials) >= 1 and "running" not in set(trials.status)
     assert "interrupted" in set(trials.status), trials[["cell", "status", "epochs_run"]]

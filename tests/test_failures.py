@@ -255,7 +255,7 @@ def test_a_killed_worker_resumes_from_its_last_epoch_exactly(disturbed_sweep):
     trial_dir = disturbed_sweep["folder"] / "ray" / "sweep" / trial_name
     # Continued from its last checkpoint to the last epoch (conftest: at most the epoch whose
     # checkpoint Ray was registering runs again, to the same figures).
-    _, after = epochs_across_a_lost_worker(trial_dir / "result.json", killed_pid)
+    after = epochs_across_a_lost_worker(trial_dir / "result.json", killed_pid)
     assert after[-1] == EPOCHS
     error = (trial_dir / "error.txt").read_text()  # Ray's record of the failed attempt
     assert "The actor died unexpectedly" in error and f"pid: {killed_pid}" in error

@@ -125,7 +125,7 @@ def test_trials_spread_over_the_nodes_and_a_lost_node_loses_no_trial(cluster, tm
     assert set(node_of.values()) == {"head", "worker"}  # trials ran on both nodes
     # The lost trial continued on the head from its last checkpoint, to the last epoch.
     result_json = experiment / lost[0] / "result.json"
-    _, after = epochs_across_a_lost_worker(result_json, lost[1])
+    after = epochs_across_a_lost_worker(result_json, lost[1])
     assert after[-1] == EPOCHS
     assert {node_of.get(line["pid"]) for line in reported(result_json)
             if line["pid"] != lost[1]} == {"head"}

@@ -3,8 +3,9 @@
 When a program's main function returns, Python joins the threads that are not daemons,
 runs the exit handlers (Ray's shutdown, logging's flush, the trackers' own), flushes
 standard output and error, and then tears the interpreter down: it frees every module
-and object one by one. After a sweep that last part alone takes 1.5-3 s on a 2-core
-machine (torch, Ray, pandas, matplotlib and scikit-learn are loaded) and writes nothing:
+and object one by one. After a sweep that last part alone takes seconds on a 2-core
+machine (1.5-3 s in one-off timings: torch, Ray, pandas, matplotlib and scikit-learn are
+loaded) and writes nothing:
 every file tune_p7 writes is closed before its command returns. ``run`` does the first
 three steps the same way and then ends the process at once.
 """

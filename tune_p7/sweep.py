@@ -223,7 +223,7 @@ def format_plan(plan: Plan, options: TrialOptions, address: str | None,
                  f"{options.max_failures} retries of a failed trial, on {where}")
     lines.append(f"  results {plan.sweep_dir}/trials.parquet, history.parquet (Ray's "
                  f"files under ray/)")
-    lines += [f"  watch {command}" for command in watch_commands(plan)]
+    lines += [f"  watch {watch}" for watch in watch_commands(plan)]
     return "\n".join(lines)
 
 

@@ -22,8 +22,12 @@ tune_p7's own training code (``tune_p7.train.Run.train_epoch``, ``tune_p7.train.
    both histories value by value; once with torch's default kernels, once with
    torch.use_deterministic_algorithms(True, warn_only=True) (CUBLAS_WORKSPACE_CONFIG=:4096:8),
    each in its own process.
-4. --compile: the B=64 rows again with torch.compile(model), and the first epoch's train
-   loss against the eager run's (compiled kernels round differently, so it is not exact).
+4. Where a warm B=64 step's time goes (bf16 "auto"): torch.profiler over 50 steps, the
+   device's busy time (the sum of its kernels) against the wall time, and the top kernels.
+5. --compile (last, so a slow compiler costs no other figure): the B=64 epoch with bf16
+   "auto" again with torch.compile(model), mode "default" and "reduce-overhead" (CUDA
+   graphs), and the first epoch's train loss against the eager run's (compiled kernels round
+   differently, so it is not exact).
 
 Targets (issue 13): <= 5 s per 87k-window epoch (B=64, bf16 as "auto" resolves it),
 four sharing >= 3x one alone.
@@ -32,6 +36,7 @@ four sharing >= 3x one alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -39,7 +44,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +64,10 @@ SHARING_PROCESSES = 4
 WORKER_TIMEOUT_S = 600         # a worker that takes longer is killed and reported
 TIMING_KEYS = ("seconds", "sequences_per_second")  # differ between runs by nature
 TARGETS = {"epoch_seconds_b64": 5.0, "sharing_ratio": 3.0}
+COMPILE_MODES = ("default", "reduce-overhead")   # reduce-overhead: CUDA graphs
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Scale:
     """Sizes of one check: data, model and the batch sizes timed."""
 
@@ -120,17 +125,19 @@ def _peak_mib(device: torch.device) -> float | None:
 # ---------------------------------------------------------------------------------------
 # 1. Seconds per epoch
 
-def time_epochs(dataset: Dataset, config: TrainConfig, compile_model: bool = False) -> dict:
-    """Two training epochs and one evaluation of one Run: seconds, throughput, peak memory."""
+def time_epochs(dataset: Dataset, config: TrainConfig, compile_mode: str | None = None) -> dict:
+    """Two training epochs and one evaluation of one Run: seconds, throughput, peak memory.
+
+    compile_mode: None (eager) or a torch.compile mode for the model."""
     run = Run(config, dataset)
-    if compile_model:
-        run.model = torch.compile(run.model)
+    if compile_mode:
+        run.model = torch.compile(run.model, mode=compile_mode)
     _peak_reset(run.device)
     first, second = run.train_epoch(), run.train_epoch()
     started = time.perf_counter()
     run.evaluate()
     windows = len(run.train_source)
-    return {"batch": config.batch_size, "bf16": run.bf16, "compiled": compile_model,
+    return {"batch": config.batch_size, "bf16": run.bf16, "compiled": compile_mode,
             "windows": windows, "first_epoch_seconds": windows / first["sequences_per_second"],
             "epoch_seconds": windows / second["sequences_per_second"],
             "sequences_per_second": second["sequences_per_second"],
@@ -138,35 +145,80 @@ def time_epochs(dataset: Dataset, config: TrainConfig, compile_model: bool = Fal
             "first_epoch_train_loss": first["train_loss"]}
 
 
-def epoch_rows(scale: Scale, device: str, compile_model: bool) -> list[dict]:
+def epoch_rows(scale: Scale, device: str) -> list[dict]:
     dataset = generated_dataset(scale.train_windows, scale.dim)
     rows = []
     for batch in scale.batches:
         for bf16 in ("off", "on"):
             rows.append(time_epochs(dataset, trial_config(scale, device, batch, bf16)))
             print(_epoch_line(rows[-1]), flush=True)
-    if compile_model:
-        for bf16 in ("off", "on"):
-            eager = next(row for row in rows if row["batch"] == scale.batches[0]
-                         and row["bf16"] == (bf16 == "on"))
-            try:
-                row = time_epochs(dataset, trial_config(scale, device, scale.batches[0], bf16),
-                                  compile_model=True)
-            except Exception as error:  # noqa: BLE001 - report any compiler failure, go on
-                print(f"torch.compile failed ({type(error).__name__}: {error}); skipped",
-                      flush=True)
-                break
-            row["train_loss_difference_to_eager"] = abs(row["first_epoch_train_loss"]
-                                                        - eager["first_epoch_train_loss"])
-            rows.append(row)
-            print(_epoch_line(row), flush=True)
     return rows
+
+
+def compiled_rows(scale: Scale, device: str, eager_rows: list[dict]) -> list[dict]:
+    """The B=64 (--small: 16) epoch with bf16 "auto", compiled in each mode; a mode the
+    compiler fails on is reported and skipped."""
+    dataset = generated_dataset(scale.train_windows, scale.dim)
+    batch, auto = scale.batches[0], bf16_is_fast(resolve_device(device))
+    eager = next((row for row in eager_rows if row["batch"] == batch and row["bf16"] == auto),
+                 None)
+    rows = []
+    for mode in COMPILE_MODES:
+        try:
+            row = time_epochs(dataset, trial_config(scale, device, batch, "auto"), mode)
+        except Exception as error:  # noqa: BLE001 - report any compiler failure, go on
+            print(f"torch.compile mode {mode} failed ({type(error).__name__}: {error}); "
+                  f"skipped", flush=True)
+            continue
+        row["train_loss_difference_to_eager"] = (
+            abs(row["first_epoch_train_loss"] - eager["first_epoch_train_loss"])
+            if eager else None)
+        rows.append(row)
+        print(_epoch_line(row), flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Where a step's time goes
+
+PROFILED_STEPS = 50
+
+
+def step_profile(scale: Scale, device: str) -> dict:
+    """torch.profiler over PROFILED_STEPS warm training steps (fewer if the data is smaller) (B=64, bf16 auto): the device's
+    busy time against the wall time, and the kernels that take most of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dataset = generated_dataset(scale.resume_windows, scale.dim)
+    config = dataclasses.replace(trial_config(scale, device, scale.batches[0], "auto"),
+                                 epoch_windows=PROFILED_STEPS * scale.batches[0])
+    run = Run(config, dataset)
+    run.train_epoch()                                        # warm-up: kernels, allocator
+    on_device = run.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
+    with profile(activities=activities) as profiler:
+        started = time.perf_counter()
+        windows = run.train_epoch()["train_windows"]         # ends with the epoch's one sync
+        wall = time.perf_counter() - started
+    steps = math.ceil(windows / config.batch_size)
+    events = profiler.key_averages()
+    attribute = "self_device_time_total" if on_device else "self_cpu_time_total"
+    busy = sum(getattr(event, attribute) for event in events
+               if not on_device or event.device_type.name == "CUDA") / 1e6
+    top = sorted(events, key=lambda event: getattr(event, attribute), reverse=True)[:8]
+    return {"steps": steps, "wall_seconds": wall, "device_busy_seconds": busy,
+            "kernel_launches": sum(event.count for event in events
+                                   if on_device and event.device_type.name == "CUDA"),
+            "top": [{"name": event.key[:70], "count": event.count,
+                     "seconds": getattr(event, attribute) / 1e6} for event in top]}
 
 
 def _epoch_line(row: dict) -> str:
     memory = f", peak {row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] is not None else ""
-    compiled = (f", compiled (first-epoch loss differs from eager by "
-                f"{row['train_loss_difference_to_eager']:.1e})" if row["compiled"] else "")
+    difference = row.get("train_loss_difference_to_eager")
+    compiled = (f", compiled {row['compiled']} (first-epoch loss differs from eager by "
+                f"{'?' if difference is None else f'{difference:.1e}'})"
+                if row["compiled"] else "")
     return (f"epoch B={row['batch']:<4} {'bf16' if row['bf16'] else 'fp32'}: "
             f"{row['epoch_seconds']:.2f} s per {row['windows']} windows "
             f"({row['sequences_per_second']:.0f} seq/s; first epoch "
@@ -318,6 +370,15 @@ def _print_sharing(shared: dict) -> None:
           f"{shared['ratio']:.2f}x", flush=True)
 
 
+def _print_profile(profiled: dict) -> None:
+    print(f"{profiled['steps']} steps: wall {profiled['wall_seconds'] * 1e3:.1f} ms, busy "
+          f"{profiled['device_busy_seconds'] * 1e3:.1f} ms "
+          f"({profiled['device_busy_seconds'] / profiled['wall_seconds']:.0%}), "
+          f"{profiled['kernel_launches'] / profiled['steps']:.0f} kernels per step", flush=True)
+    for row in profiled["top"]:
+        print(f"  {row['seconds'] * 1e3:8.2f} ms  {row['count']:6d}x  {row['name']}", flush=True)
+
+
 def _print_resume(rows: list[dict]) -> None:
     for row in rows:
         kernels = "deterministic algorithms" if row["deterministic_algorithms"] else "defaults"
@@ -332,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes (2k windows, 32-d, d_model 32): a smoke run, e.g. CPU")
     parser.add_argument("--device", default="auto", help="torch device (default: cuda > mps > cpu)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the B=64 epochs with torch.compile(model)")
+                        help="also time the B=64 epoch with torch.compile(model), last")
     parser.add_argument("--json", help="also write the figures to this JSON file (after every "
                                        "section, so an interrupted run keeps what finished)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process
@@ -348,13 +409,19 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         ("epochs", f"1. seconds per epoch (generated data, D={scale.dim}, d_model "
                    f"{scale.d_model} x {scale.layers} layers, K={CONTEXT})",
-         lambda: epoch_rows(scale, args.device, args.compile), None),
+         lambda: epoch_rows(scale, args.device), None),
         ("sharing", f"2. {SHARING_PROCESSES} trial processes sharing {device} vs one alone "
                     f"(B={scale.batches[0]}, bf16 auto)",
          lambda: sharing(args.small, args.device), _print_sharing),
         ("resume", "3. exact resume from the state after epoch 1 of 2",
          lambda: resume_checks(args.small, args.device), _print_resume),
+        ("profile", f"4. where a warm B={scale.batches[0]} step's time goes (bf16 auto)",
+         lambda: step_profile(scale, args.device), _print_profile),
     ]
+    if args.compile:
+        sections.append((
+            "compiled", f"5. torch.compile(model), B={scale.batches[0]}, bf16 auto",
+            lambda: compiled_rows(scale, args.device, report.get("epochs") or []), None))
     failed = False
     for name, heading, measure, show in sections:
         print(f"\n{heading}", flush=True)

@@ -65,6 +65,7 @@ WORKER_TIMEOUT_S = 600         # a worker that takes longer is killed and report
 TIMING_KEYS = ("seconds", "sequences_per_second")  # differ between runs by nature
 TARGETS = {"epoch_seconds_b64": 5.0, "sharing_ratio": 3.0}
 COMPILE_MODES = ("default", "reduce-overhead")   # reduce-overhead: CUDA graphs
+PROFILED_STEPS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,12 +182,10 @@ def compiled_rows(scale: Scale, device: str, eager_rows: list[dict]) -> list[dic
 # ---------------------------------------------------------------------------------------
 # 4. Where a step's time goes
 
-PROFILED_STEPS = 50
-
-
 def step_profile(scale: Scale, device: str) -> dict:
-    """torch.profiler over PROFILED_STEPS warm training steps (fewer if the data is smaller) (B=64, bf16 auto): the device's
-    busy time against the wall time, and the kernels that take most of it."""
+    """torch.profiler over PROFILED_STEPS warm training steps (B=64, bf16 auto; fewer steps
+    if the data holds fewer windows): the time the device is busy in kernels (on a CPU: the
+    operators' own CPU time) against the wall time, and the kernels that take most of it."""
     from torch.profiler import ProfilerActivity, profile
 
     dataset = generated_dataset(scale.resume_windows, scale.dim)

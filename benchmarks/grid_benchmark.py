@@ -109,13 +109,40 @@ def full_profile_sweep(data: str, num_samples: int, epochs: int | None, out: Pat
         started = time.perf_counter()
         subprocess.run(command, cwd=HERE, check=True, stdout=log, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - started
-    history = pd.read_parquet(out / "full-profile" / "history.parquet")
+    return {"seconds": wall, **sweep_epochs(pd.read_parquet(out / "full-profile"
+                                                           / "history.parquet"))}
+
+
+def sweep_epochs(history: pd.DataFrame) -> dict:
+    """From a sweep's history.parquet: epochs run, the Optuna share of full budget, the
+    epochs each Optuna trial ran ({last epoch: trials}) and a trial epoch's mean seconds,
+    split into training (train_windows / sequences_per_second) and the rest (evaluation)."""
     optuna = history[history["phase"] == "optuna"]
     max_epochs = int(history["epoch"].max())
     trials = optuna["trial_id"].nunique()
-    return {"seconds": wall, "epochs_run": len(history), "epoch_seconds": history["seconds"].sum(),
+    training = history["train_windows"] / history["sequences_per_second"]
+    stopped_at = optuna.groupby("trial_id")["epoch"].max().value_counts().sort_index()
+    return {"epochs_run": len(history), "epoch_seconds": history["seconds"].sum(),
             "optuna_epochs": len(optuna), "optuna_budget": trials * max_epochs,
-            "optuna_trials": trials}
+            "optuna_trials": trials, "max_epochs": max_epochs,
+            "optuna_last_epochs": {int(epoch): int(count) for epoch, count in stopped_at.items()},
+            "epoch_mean_seconds": history["seconds"].mean(),
+            "epoch_training_seconds": training.mean(),
+            "training_sequences_per_second": history["sequences_per_second"].mean()}
+
+
+def bounds(grid: dict, sweep: dict, first_rung: int) -> dict:
+    """What the run says beyond its ratio: the sweep's time had ASHA stopped every Optuna
+    trial at ``first_rung`` (its measured mean epoch, SLOTS at once, its measured time outside
+    epochs), and how much faster trial epochs must be for the sweep to take the grid's time
+    with the same trials and rungs."""
+    outside = sweep["seconds"] - sweep["epoch_seconds"] / SLOTS
+    cells = sweep["epochs_run"] - sweep["optuna_epochs"]
+    fewest = cells + sweep["optuna_trials"] * first_rung
+    return {"first_rung_epochs": fewest,
+            "first_rung_ratio": (fewest * sweep["epoch_mean_seconds"] / SLOTS + outside)
+            / grid["seconds"],
+            "epoch_speedup_needed": (sweep["seconds"] - outside) / (grid["seconds"] - outside)}
 
 
 def full_size(grid: dict, sweep: dict, windows: int) -> dict:
@@ -145,13 +172,23 @@ def main(argv: list[str] | None = None) -> int:
         sweep = report["sweep"] = full_profile_sweep(args.data, args.num_samples, args.epochs,
                                                      args.out)
         arithmetic = report["full_size"] = full_size(report["grid"], sweep, args.full_windows)
+        limits = report["bounds"] = bounds(report["grid"], sweep,
+                                           load_space().profile(PROFILE).grace_period)
         ratio = sweep["seconds"] / report["grid"]["seconds"]
+        last = ", ".join(f"{count} at epoch {epoch}"
+                         for epoch, count in sweep["optuna_last_epochs"].items())
         print(f"full profile ({sweep['optuna_trials']} TPE trials): {sweep['seconds']:.0f} s; "
               f"{sweep['epochs_run']} epochs, Optuna {sweep['optuna_epochs']} of "
               f"{sweep['optuna_budget']} ({sweep['optuna_epochs'] / sweep['optuna_budget']:.0%}) "
-              f"under ASHA; {sweep['epoch_seconds']:.0f} slot-s in epochs")
+              f"under ASHA (last epochs: {last}); {sweep['epoch_seconds']:.0f} slot-s in epochs")
+        print(f"a trial epoch: {sweep['epoch_mean_seconds']:.1f} s, training "
+              f"{sweep['epoch_training_seconds']:.1f} s "
+              f"({sweep['training_sequences_per_second']:.0f} seq/s), the rest (evaluation) "
+              f"{sweep['epoch_mean_seconds'] - sweep['epoch_training_seconds']:.1f} s")
         print(f"full profile / original grid: {ratio:.2f} (target < 1: "
-              f"{'met' if ratio < 1 else 'MISSED'})")
+              f"{'met' if ratio < 1 else 'MISSED'}); every Optuna trial stopped at the first "
+              f"rung ({limits['first_rung_epochs']} epochs): {limits['first_rung_ratio']:.2f}; "
+              f"trial epochs {limits['epoch_speedup_needed']:.2f}x faster would tie")
         print(f"at {args.full_windows} training windows (x{arithmetic['scale']:.1f}): grid "
               f"{arithmetic['grid_seconds'] / 60:.0f} min, full profile "
               f"{arithmetic['sweep_seconds'] / 60:.0f} min (of which "

@@ -72,11 +72,13 @@ def tracked(tmp_path_factory) -> dict:
     with log.open("w") as out:
         first = subprocess.Popen([*command, "--log-to", "tensorboard,mlflow,wandb"],
                                  stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
-    running, progress = watch(first, sweep_dir, log, until=CELL_MID_RUN)
+    experiment_dir = sweep_dir / "ray" / "sweep"
+    running, progress = watch(first, sweep_dir, log, until=CELL_MID_RUN,
+                              ready=lambda: bool(interrupted_cells(experiment_dir)))
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed = read_study(sweep_dir)
-    staged = stage_deleted_checkpoint(sweep_dir / "ray" / "sweep")
+    staged = stage_deleted_checkpoint(experiment_dir)
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -86,10 +88,11 @@ def tracked(tmp_path_factory) -> dict:
             "history": pd.read_parquet(sweep_dir / "history.parquet")}
 
 
-def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float = 240):
+def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, ready, timeout: float = 240):
     """Poll optuna.db and sweep.json while ``process`` runs, until ``until`` matches its
-    log. Returns (snapshots of the study: [(number, state, intermediate values, user
-    attrs)], the sweep.json progress records and the analysis' reading of them)."""
+    log and then ``ready()`` is true. Returns (snapshots of the study: [(number, state,
+    intermediate values, user attrs)], the sweep.json progress records and the analysis'
+    reading of them)."""
     snapshots, progress, deadline = [], [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (sweep_dir / "optuna.db").exists():
@@ -99,13 +102,29 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, timeout: float
         if saved and saved not in [figures for figures, _ in progress]:
             sweep = results.load_sweep(sweep_dir)  # reads sweep.json again: the same figures
             progress.append((sweep.run_state["progress"], analyze.reading(sweep)))
-        if until.search(log.read_text()):
+        if until.search(log.read_text()) and ready():
             return snapshots, progress
         if process.poll() is not None:
             break
         time.sleep(0.5)
     process.kill()
-    pytest.fail(f"never saw {until.pattern!r}:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"never saw {until.pattern!r} with ready(): {ready()}:\n"
+                f"{log.read_text()[-3000:]}")
+
+
+def interrupted_cells(experiment_dir: Path) -> list[tuple[Path, str]]:
+    """[(trial folder, checkpoint name)] of the cells Ray's saved experiment state has not
+    ended and names a checkpoint for: those a resume continues from a checkpoint.
+
+    The log's epoch line comes before Ray saves the state that records that epoch's
+    checkpoint (TUNE_GLOBAL_CHECKPOINT_S): the fixture kills only once there is one, or the
+    resume would have no interrupted cell to continue."""
+    cells = []
+    for trial, metadata in newest_trial_data(experiment_dir):
+        named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
+        if named and trial["status"] != "TERMINATED" and (read_params(trial_dir) or {}).get("cell"):
+            cells.append((trial_dir, named))
+    return cells
 
 
 def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
@@ -125,10 +144,7 @@ def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
     while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, f"workers {workers} outlived the killed driver"
         time.sleep(0.2)
-    for trial, metadata in newest_trial_data(experiment_dir):
-        named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
-        if not named or trial["status"] == "TERMINATED" or not read_params(trial_dir)["cell"]:
-            continue
+    for trial_dir, named in interrupted_cells(experiment_dir):
         results = trial_dir / "result.json"
         if (trial_dir / named).exists():
             newest = max(int(path.name.split("_")[1])

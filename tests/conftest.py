@@ -1,6 +1,8 @@
 """Shared fixtures: small real datasets written to real files; the sweep as a subprocess."""
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
@@ -69,23 +71,48 @@ def write_chunk_file(path: Path, num_docs: int, seed: int = 3) -> Path:
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory) -> dict:
     """One tiny real sweep run to its end, shared by the tests that read a finished sweep
-    (test_sweep's smoke test, test_analyze): the four cells and a fifth, ``diverges``, whose
-    teacher weight makes its loss overflow; 4 TPE trials under ASHA (rung at epoch 2,
-    reduction factor 2); 60 documents; 2 trials at once. Returns its inputs (space, data,
-    storage), its folder and the finished command (stdout, stderr, exit code)."""
-    inputs = tmp_path_factory.mktemp("finished")
+    (test_sweep's smoke test, test_analyze, test_confirm): the four cells and a fifth,
+    ``diverges``, whose teacher weight makes its loss overflow; 4 TPE trials under ASHA (rung
+    at epoch 2, reduction factor 2); 60 documents; 2 trials at once. Returns its inputs
+    (space, data, storage), its folder and the finished command (stdout, stderr, exit code).
+
+    The processes of pytest-xdist share it: the first to ask runs it in the run's common
+    temporary folder while holding a lock the others wait on, and records the command's
+    result there for them (done.json)."""
+    root = shared_temp(tmp_path_factory) / "finished-sweep"
+    root.mkdir(exist_ok=True)
+    inputs, storage, record = root / "inputs", root / "results", root / "done.json"
+    with (root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.exists():
+            run_finished_sweep(inputs, storage, record)
+    done = subprocess.CompletedProcess(**json.loads(record.read_text()))
+    return {"space": inputs / "space.yaml", "data": inputs / "data.npz", "storage": storage,
+            "dir": storage / "tiny", "done": done}
+
+
+def shared_temp(tmp_path_factory) -> Path:
+    """The temporary folder of this pytest run that all its xdist processes share (each has
+    its own below it); without xdist, the run's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def run_finished_sweep(inputs: Path, storage: Path, record: Path) -> None:
+    """Run finished_sweep's sweep with its inputs written to ``inputs`` and its folder under
+    ``storage``; write the finished command's result to ``record`` only if it succeeded."""
+    inputs.mkdir()
     space = write_tiny_space(inputs / "space.yaml", optuna_trials=4, reduction_factor=2,
                              extra_cells={"diverges": {"context": 5, "margin": 0.07,
                                                        "anchor_lambda": 0.8,
                                                        "weight_teacher": 1.0e+40}})
     vectors, offsets = make_synthetic(num_docs=60, dim=16, seed=3)
     np.savez(inputs / "data.npz", vectors=vectors, offsets=offsets)
-    storage = tmp_path_factory.mktemp("results")
     done = run_sweep(sweep_command(inputs / "data.npz", storage, "tiny", "--max-concurrent", "2",
                                    space=space))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {"space": space, "data": inputs / "data.npz", "storage": storage,
-            "dir": storage / "tiny", "done": done}
+    record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
+                                  "stdout": done.stdout, "stderr": done.stderr}))
 
 
 def sweep_command(data, storage, name, *extra, space: Path = TINY_SPACE):

@@ -39,7 +39,9 @@ def confirmed(finished_sweep, tmp_path_factory):
     a diverging cell and 4 Optuna trials, 3 epochs); the copy keeps the original unchanged
     for the other tests that read it."""
     sweep_dir = tmp_path_factory.mktemp("confirm") / finished_sweep["dir"].name
-    shutil.copytree(finished_sweep["dir"], sweep_dir)
+    # Without the temporaries (".name.pid-n.tmp.ext") of an analysis that another test
+    # process may be writing into the shared sweep at this moment: they come and go.
+    shutil.copytree(finished_sweep["dir"], sweep_dir, ignore=shutil.ignore_patterns(".*.tmp*"))
     before = results.load_sweep(sweep_dir).trials
     run = subprocess.run([sys.executable, "-m", "tune_p7.confirm", sweep_dir, "--top", "1",
                           "--seeds", "2", "--max-concurrent", "2"],

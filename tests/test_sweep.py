@@ -4,15 +4,17 @@ Each test drives the command as a user would (a subprocess), so Ray starts and s
 """
 
 import json
+import shutil
 import signal
+import time
 
 import numpy as np
 import pandas as pd
 from optuna import load_study
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, recorded_epochs, run_sweep, start_sweep, sweep_command, \
-    wait_for_line
+from conftest import TINY_SPACE, interrupted_cells, recorded_epochs, reported, run_sweep, \
+    start_sweep, sweep_command, wait_for_line, wait_for_trial_workers_to_exit, write_chunk_file
 from tune_p7.folder import read_history
 from tune_p7.plots import PLOT_FILES
 from tune_p7.train import TrainConfig
@@ -149,6 +151,40 @@ def test_interrupted_optuna_phase_resumes_with_its_rungs_rebuilt(tiny_data, tmp_
     # which Ray copies again with every sync and so can carry the newest mtime).
     assert optuna.status.isin(["complete", "stopped_early"]).all(), optuna.status
     assert recorded_epochs(sweep_dir, optuna[optuna.trial_id.isin(before)]) == before
+
+
+def test_a_kill_that_also_took_the_results_after_the_named_checkpoint_starts_the_cell_over(
+        tmp_path):
+    """Ray's saved state names a checkpoint Ray has since deleted, and the kill also took
+    the result.json lines of the epochs after it (Ray copies the file into the sweep folder
+    with its state): no checkpoint can be continued with every epoch on record, so the
+    resume starts that cell over from epoch 1 instead of failing it, with the same values."""
+    data = write_chunk_file(tmp_path / "data.npz", num_docs=200)  # about a second an epoch
+    command = sweep_command(data, tmp_path, "over", "--epochs", "4", "--num-samples", "0",
+                            "--max-concurrent", "2")
+    experiment = tmp_path / "over" / "ray" / "sweep"
+    first, deadline = start_sweep(command), time.monotonic() + 120
+    while not interrupted_cells(experiment):
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+        time.sleep(0.2)
+    first.kill()
+    first.wait(timeout=30)
+    wait_for_trial_workers_to_exit(experiment)
+    trial_dir, named = interrupted_cells(experiment)[0]
+    lines = reported(trial_dir / "result.json")
+    named_at = next(line["epoch"] for line in lines if line["checkpoint_dir_name"] == named)
+    kept = [line for line in lines if line["epoch"] < named_at]
+    shutil.rmtree(trial_dir / named)
+    (trial_dir / "result.json").write_text("".join(json.dumps(line) + "\n" for line in kept))
+
+    done = run_sweep([*command, "--resume"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "over" / "trials.parquet")
+    assert (trials.status == "complete").all() and (trials.epochs_run == 4).all()
+    again = [line for line in reported(trial_dir / "result.json") if line["pid"] != lines[0]["pid"]]
+    assert [line["epoch"] for line in again] == [1, 2, 3, 4]  # started over
+    assert [line["val_margin"] for line in again[:len(lines)]] == [
+        line["val_margin"] for line in lines]  # the lost run's epochs, repeated exactly
 
 
 def test_resume_refuses_a_different_plan(tiny_data, tmp_path):

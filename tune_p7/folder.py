@@ -411,7 +411,8 @@ def repair_experiment_state(experiment_dir: Path) -> None:
     complete snapshot; trial folders that snapshot does not know and whose params.json is
     truncated (the trial had just been created) are removed too, as Ray will create them again.
     An unfinished trial whose state names a checkpoint Ray had already deleted gets its newest
-    complete one under that name (restore_named_checkpoint).
+    recorded complete one under that name, or an empty one that starts it over
+    (restore_named_checkpoint).
     """
     sessions = sorted({path.name.split("-", 1)[1].rsplit(".", 1)[0]
                        for path in experiment_dir.glob("experiment_state-*.json")})
@@ -434,17 +435,21 @@ def repair_experiment_state(experiment_dir: Path) -> None:
 
 
 def restore_named_checkpoint(trial_dir: Path, named: str) -> None:
-    """Put the trial's newest recorded checkpoint under the name Ray's state restores from.
+    """Put a checkpoint the trial can continue from exactly under the name Ray's state
+    restores from.
 
     With CheckpointConfig(num_to_keep=1) Ray deletes a trial's previous checkpoint as soon as
-    it registers the next one (after logging that epoch's result.json line), and saves the
-    state naming the new one a moment later; a hard kill in between leaves a state naming a
-    deleted folder, and Tuner.restore then fails the trial ("does not exist on storage
-    anymore"). The newest checkpoint that a result.json line records and whose state.pt is a
-    whole torch file (a zip; a kill mid-copy leaves it truncated) is renamed to ``named``, so
-    the trial continues from it with every epoch before it on record; the checkpoints after
-    ``named`` are removed, as the resumed trial writes those names again. Nothing changes
-    when ``named`` exists.
+    it registers the next one, and saves the state naming the new one (and copies the
+    trial's result.json into the sweep folder) a moment later; a hard kill in between leaves
+    a state naming a deleted folder, and Tuner.restore then fails the trial ("does not exist
+    on storage anymore"). The newest checkpoint that a result.json line records and whose
+    state.pt is a whole torch file (a zip; a kill mid-copy leaves it truncated) is renamed
+    to ``named``, so the trial continues from it with every epoch before it on record. When
+    no later checkpoint is recorded (the kill also took the result.json lines of the
+    epochs after ``named``), ``named`` becomes an empty folder: the trial starts over from
+    its first epoch (tune_p7.trainable), and its seed gives the repeated epochs the same
+    values. The checkpoints after ``named`` are removed, as the resumed trial writes those
+    names again. Nothing changes when ``named`` exists.
     """
     if not trial_dir.is_dir() or (trial_dir / named).exists():
         return
@@ -455,8 +460,9 @@ def restore_named_checkpoint(trial_dir: Path, named: str) -> None:
                      if path.name in recorded and zipfile.is_zipfile(path / CHECKPOINT_FILE)),
                     None)
     if complete is None:
-        return  # nothing to continue from: Ray reports the missing checkpoint
-    complete.rename(trial_dir / named)
+        (trial_dir / named).mkdir()
+    else:
+        complete.rename(trial_dir / named)
     for path in later:
         if path != complete:
             shutil.rmtree(path)

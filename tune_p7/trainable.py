@@ -47,5 +47,14 @@ def checkpoint_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu",
-                          weights_only=True)
+        return saved_state(Path(folder))
+
+
+def saved_state(folder: Path) -> dict | None:
+    """train's state in checkpoint folder ``folder``; None when the folder holds none: an
+    empty checkpoint, which the sweep puts under a name Ray deleted when nothing after it
+    can be continued (tune_p7.folder.restore_named_checkpoint), starts the trial over."""
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tune_p7.data import chunk_dataset, make_synthetic
-from tune_p7.folder import RAY_FIELDS, read_results
+from tune_p7.folder import (RAY_FIELDS, newest_trial_data, read_params, read_results,
+                             resume_checkpoint)
 
 
 @pytest.fixture(scope="session")
@@ -196,3 +197,37 @@ def epochs_across_a_lost_worker(result_json: Path, lost_pid: int) -> list[int]:
     assert [epoch["epoch"] for epoch in read_results(result_json).epochs] == list(
         range(1, epochs_after[-1] + 1))
     return epochs_after
+
+
+def interrupted_cells(experiment_dir: Path) -> list[tuple[Path, str]]:
+    """[(trial folder, checkpoint name)] of the cells Ray's saved experiment state has not
+    ended and names a checkpoint for: those a resume continues from a checkpoint.
+
+    A sweep's epoch line comes before Ray saves the state that records that epoch's
+    checkpoint: a test that kills a sweep to resume an interrupted cell waits for one."""
+    cells = []
+    for trial, metadata in newest_trial_data(experiment_dir):
+        named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
+        if named and trial["status"] != "TERMINATED" and (read_params(trial_dir) or {}).get("cell"):
+            cells.append((trial_dir, named))
+    return cells
+
+
+def wait_for_trial_workers_to_exit(experiment_dir: Path, timeout: float = 60) -> None:
+    """Wait until every trial worker that reported into ``experiment_dir`` has exited: those
+    of a killed driver live on for a moment and may still write a checkpoint."""
+    workers = {line["pid"] for result in experiment_dir.glob("*/result.json")
+               for line in reported(result)}
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived the killed driver"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (the orphaned workers' new parent reaps them)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

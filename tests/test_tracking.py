@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import reported, write_tiny_space
+from conftest import interrupted_cells, reported, wait_for_trial_workers_to_exit, \
+    write_tiny_space
 from tune_p7 import analyze, results
 from tune_p7.config import TrainConfig
 from tune_p7.data import load_dataset, make_synthetic
 from tune_p7.estimate import StepTiming, wall_range
-from tune_p7.folder import newest_trial_data, read_params, resume_checkpoint
 from tune_p7.plan import EpochBudget
 from tune_p7.sweep_progress import TrialCount, format_progress, measure
 from tune_p7.study import fail_stale_trials
@@ -112,21 +112,6 @@ def watch(process, sweep_dir: Path, log: Path, until: re.Pattern, ready, timeout
                 f"{log.read_text()[-3000:]}")
 
 
-def interrupted_cells(experiment_dir: Path) -> list[tuple[Path, str]]:
-    """[(trial folder, checkpoint name)] of the cells Ray's saved experiment state has not
-    ended and names a checkpoint for: those a resume continues from a checkpoint.
-
-    The log's epoch line comes before Ray saves the state that records that epoch's
-    checkpoint (TUNE_GLOBAL_CHECKPOINT_S): the fixture kills only once there is one, or the
-    resume would have no interrupted cell to continue."""
-    cells = []
-    for trial, metadata in newest_trial_data(experiment_dir):
-        named, trial_dir = resume_checkpoint(metadata), experiment_dir / trial["relative_logdir"]
-        if named and trial["status"] != "TERMINATED" and (read_params(trial_dir) or {}).get("cell"):
-            cells.append((trial_dir, named))
-    return cells
-
-
 def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
     """Leave an interrupted cell as a kill inside Ray's num_to_keep window does: the checkpoint
     its saved state names is gone and a later one, recorded by result.json, is there (here the
@@ -138,12 +123,7 @@ def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
     landed in that window (Ray deleted the named checkpoint after the next report, before
     its next state save), the folder is left as it is.
     """
-    workers = {line["pid"] for result in experiment_dir.glob("*/result.json")
-               for line in reported(result)}
-    deadline = time.monotonic() + 60
-    while any(alive(pid) for pid in workers):
-        assert time.monotonic() < deadline, f"workers {workers} outlived the killed driver"
-        time.sleep(0.2)
+    wait_for_trial_workers_to_exit(experiment_dir)
     for trial_dir, named in interrupted_cells(experiment_dir):
         results = trial_dir / "result.json"
         if (trial_dir / named).exists():
@@ -159,15 +139,6 @@ def stage_deleted_checkpoint(experiment_dir: Path) -> tuple[Path, int]:
         assert recorded, f"{trial_dir}: no checkpoint that result.json records is there"
         return results, recorded[-1]
     pytest.fail("no interrupted cell with a checkpoint at the kill")
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` still exists (the orphaned workers' new parent reaps them)."""
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def read_study(sweep_dir: Path) -> list[tuple]:

@@ -114,7 +114,11 @@ def test_trials_spread_over_the_nodes_and_a_lost_node_loses_no_trial(cluster, tm
             assert cluster.command("remove worker") == {"removed": "worker"}
         time.sleep(0.1)
     output = sweep.communicate(timeout=60)[0]
-    assert sweep.returncode == 0, output[-3000:]
+    # A raylet's "[state-dump]" lines can fill the tail (seen once with a driver that died of
+    # SIGSEGV as the node went): the message shows the lines before them.
+    told = "".join(line for line in output.splitlines(keepends=True)
+                   if "[state-dump]" not in line)
+    assert sweep.returncode == 0, told[-3000:]
     assert lost is not None, "no trial ran on the worker node long enough to lose it"
     assert "local to this node" not in output  # the shared-storage check passed
 

@@ -17,6 +17,20 @@ from tune_p7.folder import (RAY_FIELDS, newest_trial_data, read_params, read_res
                              resume_checkpoint)
 
 
+# The files that run the longest real sweeps (about 1.5-3 min each under -n 2), first: with
+# --dist loadfile, xdist hands files out in collection order (alphabetical otherwise), and a
+# run that starts one of these last ends with one process working alone. Order only.
+LONGEST_FILES = ("test_sweep.py", "test_tracking.py", "test_failures.py", "test_submit.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Put the tests of LONGEST_FILES first, each file's tests in their own order."""
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+    items.sort(key=rank)  # a stable sort: every other order is kept
+
+
 @pytest.fixture(scope="session")
 def small_synthetic():
     """A small chunk-level synthetic Dataset (80 documents, 16-d) split 80/20 by document."""

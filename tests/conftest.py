@@ -93,7 +93,7 @@ def finished_sweep(tmp_path_factory) -> dict:
 
     The processes of pytest-xdist share it: the first to ask runs it in the run's common
     temporary folder while holding a lock the others wait on, and records the command's
-    result there for them (done.json)."""
+    result there for them (done.json), a failed one too: it runs once either way."""
     root = shared_temp(tmp_path_factory) / "finished-sweep"
     root.mkdir(exist_ok=True)
     inputs, storage, record = root / "inputs", root / "results", root / "done.json"
@@ -102,6 +102,7 @@ def finished_sweep(tmp_path_factory) -> dict:
         if not record.exists():
             run_finished_sweep(inputs, storage, record)
     done = subprocess.CompletedProcess(**json.loads(record.read_text()))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return {"space": inputs / "space.yaml", "data": inputs / "data.npz", "storage": storage,
             "dir": storage / "tiny", "done": done}
 
@@ -115,7 +116,7 @@ def shared_temp(tmp_path_factory) -> Path:
 
 def run_finished_sweep(inputs: Path, storage: Path, record: Path) -> None:
     """Run finished_sweep's sweep with its inputs written to ``inputs`` and its folder under
-    ``storage``; write the finished command's result to ``record`` only if it succeeded."""
+    ``storage``; write the finished command's result (args, exit code, output) to ``record``."""
     inputs.mkdir()
     space = write_tiny_space(inputs / "space.yaml", optuna_trials=4, reduction_factor=2,
                              extra_cells={"diverges": {"context": 5, "margin": 0.07,
@@ -125,7 +126,6 @@ def run_finished_sweep(inputs: Path, storage: Path, record: Path) -> None:
     np.savez(inputs / "data.npz", vectors=vectors, offsets=offsets)
     done = run_sweep(sweep_command(inputs / "data.npz", storage, "tiny", "--max-concurrent", "2",
                                    space=space))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
                                   "stdout": done.stdout, "stderr": done.stderr}))
 
